@@ -1,0 +1,1 @@
+"""Titra chaos: nemeses, workloads, histories, checkers and the deterministic simulator."""

@@ -1,0 +1,1 @@
+"""Titra cluster: how nodes make one system (causality, placement, replication, the client)."""

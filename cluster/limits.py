@@ -1,0 +1,119 @@
+"""Every limit, timeout and default of Titra, in one place.
+
+TigerBeetle's TIGER_STYLE: put a limit on everything, and assert the relations between limits at
+import so that a bad edit fails at once rather than in production. docs/limits.md mirrors this
+file for users; `titra limits` prints the values in force.
+
+Units go last in every name (`_bytes`, `_ms`, `_s`, `_count`).
+"""
+
+from dataclasses import asdict, dataclass
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Limits of one node's local store (node/storage), enforced with typed errors."""
+
+    # Keys are bytes. Riak and Cassandra allow 64 KiB keys; short keys keep the ordered index small.
+    key_bytes_max: int = 1 * KIB
+    # etcd's default request limit is 1.5 MiB; one value stays well below that.
+    value_bytes_max: int = 1 * MIB
+    # Opaque metadata owned by the cluster layer (version vectors, tombstone marks).
+    meta_bytes_max: int = 64 * KIB
+    content_type_bytes_max: int = 255
+    # One transaction: operations and total bytes of its writes (keys + values + metadata).
+    transaction_ops_max: int = 10_000
+    transaction_bytes_max: int = 16 * MIB
+    savepoints_max: int = 64
+    # Scans are paginated, never unbounded.
+    scan_page_default: int = 100
+    scan_page_max: int = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDefaults:
+    """Tunable defaults of the store; every one can be overridden by `StoreConfig`."""
+
+    # One WAL segment; rotation starts a new file once this size is passed.
+    wal_segment_bytes: int = 64 * MIB
+    # Under `async` durability a commit returns after write(2); a background fdatasync runs at
+    # least this often, so a power loss loses at most about this much acknowledged work.
+    async_flush_interval_ms: int = 100
+    # A lock request that waits longer than this fails with LockTimeout.
+    lock_timeout_ms: int = 5_000
+    # A checkpoint is taken when this much WAL accumulated since the last one...
+    checkpoint_wal_bytes: int = 256 * MIB
+    # ...or this long passed with any new commit.
+    checkpoint_interval_s: int = 300
+    # Records per framed chunk of a checkpoint file (bounds memory when loading).
+    checkpoint_chunk_records: int = 8_192
+
+
+STORE_LIMITS = StoreLimits()
+STORE_DEFAULTS = StoreDefaults()
+
+# Relations between limits, checked at import.
+assert STORE_LIMITS.value_bytes_max + STORE_LIMITS.key_bytes_max + STORE_LIMITS.meta_bytes_max <= (
+    STORE_LIMITS.transaction_bytes_max
+), "a single maximal write must fit in one transaction"
+assert STORE_LIMITS.transaction_bytes_max < STORE_DEFAULTS.wal_segment_bytes, (
+    "one commit record must fit in one WAL segment"
+)
+assert 0 < STORE_LIMITS.scan_page_default <= STORE_LIMITS.scan_page_max
+assert STORE_DEFAULTS.checkpoint_chunk_records > 0
+assert STORE_DEFAULTS.async_flush_interval_ms > 0
+assert STORE_DEFAULTS.lock_timeout_ms > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockDefaults:
+    """Hybrid logical clocks (cluster.hlc) and causal contexts (cluster.dvv)."""
+
+    # HLC stays within the clock offset of physical time (Kulkarni et al. 2014); NTP keeps nodes
+    # within a few ms, and 500 ms (CockroachDB's default) tolerates an NTP step without
+    # letting one bad clock drag every node's timestamps far into the future.
+    max_offset_ms: int = 500
+    # The logical counter fits 32 bits; past this the clock carries into the next millisecond.
+    hlc_logical_max: int = 0xFFFF_FFFF
+    # Node ids are short names; bounds what a decoder accepts from the wire.
+    node_id_bytes_max: int = 255
+    # Nodes named in one decoded version vector or clock (departed nodes stay in causal history).
+    clock_entries_max: int = 1_024
+    # Sibling values in one decoded clock (Riak's max_siblings default is 100).
+    siblings_max: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RingDefaults:
+    """The consistent-hash ring (cluster.ring)."""
+
+    # Virtual nodes per node: load spread is about 1/sqrt(vnodes) (12% at 64); Cassandra 4.0 cut
+    # its default from 256 to 16 because every extra vnode adds ranges to repair.
+    vnodes_per_node: int = 64
+    vnodes_per_node_max: int = 1_024
+    # Full-membership gossip (Dynamo) is meant for clusters of hundreds of nodes, not thousands.
+    nodes_max: int = 512
+
+
+CLOCK_DEFAULTS = ClockDefaults()
+RING_DEFAULTS = RingDefaults()
+
+assert CLOCK_DEFAULTS.max_offset_ms > 0
+assert CLOCK_DEFAULTS.hlc_logical_max > 0
+assert RING_DEFAULTS.nodes_max <= CLOCK_DEFAULTS.clock_entries_max, (
+    "a version vector must be able to name every node of a full cluster"
+)
+assert 0 < RING_DEFAULTS.vnodes_per_node <= RING_DEFAULTS.vnodes_per_node_max
+
+
+def all_limits() -> dict[str, dict[str, int]]:
+    """Every limit and default, by group, for `titra limits` and the docs."""
+    return {
+        "store_limits": asdict(STORE_LIMITS),
+        "store_defaults": asdict(STORE_DEFAULTS),
+        "clock_defaults": asdict(CLOCK_DEFAULTS),
+        "ring_defaults": asdict(RING_DEFAULTS),
+    }

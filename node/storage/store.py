@@ -1,0 +1,285 @@
+"""The WAL store: one node's durable, transactional, ordered key-value store.
+
+The edge that ties the pure parts together: recovery at open, the WAL writer (group commit),
+the committed state (memtable), the lock manager driven with futures, and checkpoints taken in
+the background. See docs/storage.md for the design and the visibility rule:
+
+    A committed write becomes visible to other transactions only after its commit record is
+    written to the log, and under `fsync` durability only after it is durable. Writes are applied
+    to the shared state by the log writer in LSN order and the writer's locks are released after
+    that, so a reader never sees a write that a crash could take back, except one committed with
+    `async` durability, which is the trade that setting makes. Because the log is written in
+    order, a later commit that read such a write is durable only if the write is too.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from cluster.limits import STORE_DEFAULTS, STORE_LIMITS, StoreLimits
+from cluster.store import (
+    DEFAULT_CONTENT_TYPE,
+    DeadlockDetected,
+    Durability,
+    Isolation,
+    LockTimeout,
+    Record,
+    ScanPage,
+    StoreClosed,
+)
+from node.storage.checkpoint import LoadedCheckpoint, remove_old_checkpoints, write_checkpoint
+from node.storage.disk import Disk, OsDisk, join
+from node.storage.locks import KeyLock, LockManager, LockMode, LockRequest, Resource
+from node.storage.memtable import Memtable
+from node.storage.ops import WriteOp
+from node.storage.recovery import CHECKPOINT_DIR, WAL_DIR, RecoveryReport, recover
+from node.storage.transaction import WalTransaction
+from node.storage.wal import WalWriter
+
+log = logging.getLogger("titra.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Settings of one store; defaults live in cluster.limits (documented in docs/limits.md)."""
+
+    wal_segment_bytes: int = STORE_DEFAULTS.wal_segment_bytes
+    async_flush_interval_ms: int = STORE_DEFAULTS.async_flush_interval_ms
+    lock_timeout_ms: int = STORE_DEFAULTS.lock_timeout_ms
+    checkpoint_wal_bytes: int = STORE_DEFAULTS.checkpoint_wal_bytes
+    checkpoint_interval_s: float = STORE_DEFAULTS.checkpoint_interval_s
+    checkpoint_chunk_records: int = STORE_DEFAULTS.checkpoint_chunk_records
+    # Start-up only: truncate the WAL at damage in the middle of the log instead of refusing to start.
+    repair_wal: bool = False
+    limits: StoreLimits = STORE_LIMITS
+
+
+@dataclass
+class StoreStats:
+    open_seconds: float = 0.0
+    checkpoints: int = 0
+    checkpoint_failures: int = 0
+    last_checkpoint_lsn: int = 0
+    deadlocks: int = 0
+    lock_timeouts: int = 0
+    recovery: RecoveryReport = field(default_factory=RecoveryReport)
+
+
+class WalStore:
+    """Implements cluster.store.Store. Open with `await WalStore.open(path)`."""
+
+    def __init__(self, disk: Disk, path: str, config: StoreConfig, memtable: Memtable, wal: WalWriter) -> None:
+        self.disk = disk
+        self.path = path
+        self.config = config
+        self.limits = config.limits
+        self.memtable = memtable
+        self.wal = wal
+        self.locks = LockManager()
+        # Uncommitted writes by key, visible to READ UNCOMMITTED readers only: key -> (txn, op).
+        self.dirty: dict[bytes, tuple[int, WriteOp]] = {}
+        self._lock_waiters: dict[int, asyncio.Future[None]] = {}
+        self._next_txn_id = 1
+        self._closed = False
+        self._checkpoint_lock = asyncio.Lock()
+        self._checkpointer: asyncio.Task[None] | None = None
+        self.stats = StoreStats()
+
+    @classmethod
+    async def open(cls, path: str, config: StoreConfig | None = None, disk: Disk | None = None) -> "WalStore":
+        config = config or StoreConfig()
+        disk = disk or OsDisk()
+        memtable = Memtable()
+        started = time.perf_counter()
+
+        def load(checkpoint: LoadedCheckpoint) -> None:
+            memtable.load(checkpoint.lsn, checkpoint.items)
+
+        report = await asyncio.to_thread(recover, disk, path, config.repair_wal, load, memtable.apply)
+        if report.torn_tail is not None:
+            log.warning("WAL torn tail truncated: %s", report.torn_tail)
+        if report.repair is not None:
+            log.warning("WAL repaired: %s", report.repair)
+        wal = WalWriter(
+            disk,
+            join(path, WAL_DIR),
+            report.segments,
+            memtable.last_lsn + 1,
+            config.wal_segment_bytes,
+            config.async_flush_interval_ms,
+        )
+        await wal.start()
+        store = cls(disk, path, config, memtable, wal)
+        store.stats.recovery = report
+        store.stats.last_checkpoint_lsn = report.checkpoint_lsn
+        store.stats.open_seconds = time.perf_counter() - started
+        store._checkpointer = asyncio.create_task(store._checkpoint_loop(), name="titra-checkpointer")
+        return store
+
+    # --- the Store protocol ------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> Record | None:
+        async with self.transaction(Isolation.READ_COMMITTED) as tx:
+            return await tx.get(key)
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        meta: bytes = b"",
+        durability: Durability = Durability.FSYNC,
+    ) -> int:
+        tx = self.begin(Isolation.READ_COMMITTED, durability)
+        try:
+            await tx.put(key, value, content_type, meta)
+        except BaseException:
+            await tx.rollback()
+            raise
+        lsn = await tx.commit()
+        assert lsn is not None
+        return lsn
+
+    async def delete(self, key: bytes, durability: Durability = Durability.FSYNC) -> bool:
+        tx = self.begin(Isolation.READ_COMMITTED, durability)
+        try:
+            existed = await tx.delete(key)
+        except BaseException:
+            await tx.rollback()
+            raise
+        if existed:
+            await tx.commit()
+        else:
+            await tx.rollback()  # nothing to delete: no log record
+        return existed
+
+    async def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int | None = None) -> ScanPage:
+        async with self.transaction(Isolation.READ_COMMITTED) as tx:
+            return await tx.scan(prefix, after, limit)
+
+    def begin(
+        self, isolation: Isolation = Isolation.SERIALIZABLE, durability: Durability = Durability.FSYNC
+    ) -> WalTransaction:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        txn_id = self._next_txn_id
+        self._next_txn_id += 1
+        return WalTransaction(self, txn_id, Isolation(isolation), Durability(durability))
+
+    @asynccontextmanager
+    async def transaction(
+        self, isolation: Isolation = Isolation.SERIALIZABLE, durability: Durability = Durability.FSYNC
+    ) -> AsyncIterator[WalTransaction]:
+        tx = self.begin(isolation, durability)
+        try:
+            yield tx
+        except BaseException:
+            await tx.rollback()
+            raise
+        if not tx.closed:
+            await tx.commit()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            try:
+                await self._checkpointer
+            except asyncio.CancelledError:
+                pass
+        async with self._checkpoint_lock:
+            await self.wal.close()
+
+    # --- locks: the driver of the pure lock manager --------------------------------------------
+
+    async def acquire_lock(self, txn: int, resource: Resource, mode: LockMode) -> None:
+        outcome = self.locks.request(txn, resource, mode)
+        own_victim = False
+        for victim in outcome.victims:
+            self.stats.deadlocks += 1
+            if victim.request_id == outcome.request_id:
+                own_victim = True
+                continue
+            waiter = self._lock_waiters.pop(victim.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_deadlock_error(victim))
+        if own_victim:
+            raise _deadlock_error(LockRequest(outcome.request_id, txn, resource, mode))
+        if outcome.granted:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._lock_waiters[outcome.request_id] = waiter
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.config.lock_timeout_ms / 1000)
+        except TimeoutError:
+            self._lock_waiters.pop(outcome.request_id, None)
+            self._wake(self.locks.cancel(outcome.request_id))
+            self.stats.lock_timeouts += 1
+            raise LockTimeout(
+                f"transaction {txn} waited over {self.config.lock_timeout_ms} ms for a "
+                f"{mode.name.lower()} lock on {_describe(resource)}"
+            ) from None
+
+    def release_locks(self, txn: int) -> None:
+        self._wake(self.locks.release_all(txn))
+
+    def _wake(self, granted: list[LockRequest]) -> None:
+        for req in granted:
+            waiter = self._lock_waiters.pop(req.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    async def checkpoint(self) -> int:
+        """Snapshot the state at the last applied LSN; drop the WAL and checkpoints it covers."""
+        async with self._checkpoint_lock:
+            lsn, items = self.memtable.snapshot()
+            if lsn == self.stats.last_checkpoint_lsn:
+                return lsn
+            await self.wal.rotate()
+            ckpt_dir = join(self.path, CHECKPOINT_DIR)
+            self.wal.bytes_since_checkpoint = 0
+            chunk = self.config.checkpoint_chunk_records
+            await asyncio.to_thread(write_checkpoint, self.disk, ckpt_dir, lsn, items, chunk)
+            await asyncio.to_thread(remove_old_checkpoints, self.disk, ckpt_dir, lsn)
+            await self.wal.drop_segments_through(lsn)
+            self.stats.checkpoints += 1
+            self.stats.last_checkpoint_lsn = lsn
+            return lsn
+
+    async def _checkpoint_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        poll_s = min(1.0, self.config.checkpoint_interval_s)
+        while True:
+            await asyncio.sleep(poll_s)
+            due_by_size = self.wal.bytes_since_checkpoint >= self.config.checkpoint_wal_bytes
+            due_by_time = loop.time() - last >= self.config.checkpoint_interval_s
+            if not (due_by_size or due_by_time):
+                continue
+            try:
+                await self.checkpoint()
+            except OSError:
+                # The WAL still holds everything; a failed checkpoint only delays log truncation.
+                self.stats.checkpoint_failures += 1
+                log.exception("checkpoint failed; will retry")
+            last = loop.time()
+
+
+def _describe(resource: Resource) -> str:
+    if isinstance(resource, KeyLock):
+        return f"key {resource.key!r}"
+    return f"range [{resource.lo!r}, {resource.hi!r})"
+
+
+def _deadlock_error(victim: LockRequest) -> DeadlockDetected:
+    return DeadlockDetected(
+        f"transaction {victim.txn} aborted to break a deadlock (the youngest in a wait-for cycle) while "
+        f"waiting for a {victim.mode.name.lower()} lock on {_describe(victim.resource)}; retry it"
+    )
