@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 from cluster.limits import STORE_DEFAULTS, STORE_LIMITS, StoreLimits
@@ -28,6 +28,7 @@ from cluster.store import (
     LockTimeout,
     Record,
     ScanPage,
+    Store,
     StoreClosed,
 )
 from node.storage.checkpoint import LoadedCheckpoint, remove_old_checkpoints, write_checkpoint
@@ -188,10 +189,8 @@ class WalStore:
         self._closed = True
         if self._checkpointer is not None:
             self._checkpointer.cancel()
-            try:
+            with suppress(asyncio.CancelledError):
                 await self._checkpointer
-            except asyncio.CancelledError:
-                pass
         async with self._checkpoint_lock:
             await self.wal.close()
 
@@ -283,3 +282,8 @@ def _deadlock_error(victim: LockRequest) -> DeadlockDetected:
         f"transaction {victim.txn} aborted to break a deadlock (the youngest in a wait-for cycle) while "
         f"waiting for a {victim.mode.name.lower()} lock on {_describe(victim.resource)}; retry it"
     )
+
+
+def _conforms(store: WalStore) -> Store:
+    """Checked by mypy: WalStore implements the Store protocol."""
+    return store

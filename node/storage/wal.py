@@ -18,6 +18,7 @@ Ordering rules (as etcd/raft states them for its Ready batch):
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -143,10 +144,8 @@ class WalWriter:
             await self._flusher
         if self._syncer is not None:
             self._syncer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._syncer
-            except asyncio.CancelledError:
-                pass
         if self._failed is None:
             await self._in_writer(self._sync_if_unsynced)
         await self._in_writer(self._close_file)
