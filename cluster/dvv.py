@@ -29,6 +29,8 @@ from typing import Generic, TypeVar
 from cluster.limits import CLOCK_DEFAULTS, ClockDefaults
 
 V = TypeVar("V")
+# Clocks are immutable, so a DVVSet[bytes] may be used where a DVVSet[object] is expected.
+V_co = TypeVar("V_co", covariant=True)
 
 # Counters are signed 64-bit on the wire, so every msgpack implementation can read them.
 COUNTER_MAX = 2**63 - 1
@@ -110,12 +112,12 @@ class Dot:
 
 
 @dataclass(frozen=True, slots=True)
-class Entry(Generic[V]):
+class Entry(Generic[V_co]):
     """Events `(node, 1..counter)` are known; `values` are the live ones, newest first."""
 
     node: str
     counter: int
-    values: tuple[V, ...] = ()
+    values: tuple[V_co, ...] = ()
 
     def __post_init__(self) -> None:
         assert 0 < self.counter <= COUNTER_MAX, f"counter {self.counter} out of range"
@@ -123,16 +125,16 @@ class Entry(Generic[V]):
 
 
 @dataclass(frozen=True, slots=True)
-class DVVSet(Generic[V]):
+class DVVSet(Generic[V_co]):
     """One key's sibling values with their causal history, on one replica."""
 
-    entries: tuple[Entry[V], ...] = ()
+    entries: tuple[Entry[V_co], ...] = ()
 
     def __post_init__(self) -> None:
         nodes = [entry.node for entry in self.entries]
         assert nodes == sorted(set(nodes)), "clock entries must be sorted by node and distinct"
 
-    def to_wire(self, encode_value: Callable[[V], object]) -> list[tuple[str, int, list[object]]]:
+    def to_wire(self, encode_value: Callable[[V_co], object]) -> list[tuple[str, int, list[object]]]:
         return [(e.node, e.counter, [encode_value(v) for v in e.values]) for e in self.entries]
 
     @staticmethod
@@ -157,10 +159,10 @@ class DVVSet(Generic[V]):
 
 
 @dataclass(frozen=True, slots=True)
-class Write(Generic[V]):
+class Write(Generic[V_co]):
     """A client's write before a coordinator gives it a dot: the value and what the client read."""
 
-    value: V
+    value: V_co
     context: VersionVector = VersionVector()
 
 

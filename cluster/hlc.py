@@ -76,9 +76,7 @@ class Timestamp:
         if len(parts) != 3:
             raise TimestampDecodeError("timestamp must be 'physical.logical.node'")
         physical, logical, node_id = parts
-        return Timestamp(
-            _hex(physical, 12, "physical_ms"), _hex(logical, 8, "logical"), _node_id(node_id, limits)
-        )
+        return Timestamp(_hex(physical, 12, "physical_ms"), _hex(logical, 8, "logical"), _node_id(node_id, limits))
 
     def to_wire(self) -> tuple[int, int, str]:
         return (self.physical_ms, self.logical, self.node_id)
