@@ -19,8 +19,8 @@ class StoreLimits:
 
     # Keys are bytes. Riak and Cassandra allow 64 KiB keys; short keys keep the ordered index small.
     key_bytes_max: int = 1 * KIB
-    # etcd's default request limit is 1.5 MiB; one value stays well below that.
-    value_bytes_max: int = 1 * MIB
+    # A stored value is a key's whole sibling set (see RequestDefaults.sibling_set_bytes_max).
+    value_bytes_max: int = 8 * MIB
     # Opaque metadata owned by the cluster layer (version vectors, tombstone marks).
     meta_bytes_max: int = 64 * KIB
     content_type_bytes_max: int = 255
@@ -109,6 +109,66 @@ assert RING_DEFAULTS.nodes_max <= CLOCK_DEFAULTS.clock_entries_max, (
 assert 0 < RING_DEFAULTS.vnodes_per_node <= RING_DEFAULTS.vnodes_per_node_max
 
 
+@dataclass(frozen=True, slots=True)
+class RequestDefaults:
+    """Client requests at the HTTP edge and their coordination (node/http, node/runtime)."""
+
+    # A client key (URL path segment, UTF-8) and value (request body). etcd's default request
+    # limit is 1.5 MiB; Riak warns above 1 MiB objects.
+    key_bytes_max: int = 512
+    value_bytes_max: int = 1 * MIB
+    content_type_bytes_max: int = 255
+    keyspace_name_bytes_max: int = 64
+    keyspaces_max: int = 1_024
+    replicas_default: int = 3
+    replicas_max: int = 9
+    # All siblings of one key together (values + overhead); past it a write is a 409.
+    sibling_set_bytes_max: int = 4 * MIB
+    request_timeout_ms_default: int = 5_000
+    request_timeout_ms_max: int = 60_000
+    # Keys remembered in one causal context token, and the token's size.
+    causal_context_keys_max: int = 64
+    context_token_bytes_max: int = 16 * KIB
+    # Idempotency-Key: how long an outcome is kept, how many are kept, and the key's length.
+    idempotency_ttl_s: int = 600
+    idempotency_entries_max: int = 100_000
+    idempotency_key_bytes_max: int = 128
+    # Listing keys: a page.
+    list_page_default: int = 100
+    list_page_max: int = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDefaults:
+    """The peer transport between nodes (node/transport)."""
+
+    connect_timeout_ms: int = 1_000
+    # A lost connection is retried at this interval, doubling up to the maximum.
+    reconnect_interval_ms: int = 100
+    reconnect_interval_ms_max: int = 2_000
+    # Messages to one peer go out as one frame per event-loop tick, at most this many per frame.
+    batch_messages_max: int = 1_024
+    frame_bytes_max: int = 64 * MIB
+    # Messages queued for a peer that is not connected; past this the oldest are dropped (the
+    # rounds that sent them time out and report an unknown outcome, never a failure).
+    queue_messages_max: int = 100_000
+    heartbeat_interval_ms: int = 1_000
+
+
+REQUEST_DEFAULTS = RequestDefaults()
+PEER_DEFAULTS = PeerDefaults()
+
+assert REQUEST_DEFAULTS.value_bytes_max <= REQUEST_DEFAULTS.sibling_set_bytes_max
+assert REQUEST_DEFAULTS.sibling_set_bytes_max * 3 // 2 <= STORE_LIMITS.value_bytes_max, (
+    "a full sibling set, encoded, must fit in one stored value"
+)
+assert REQUEST_DEFAULTS.key_bytes_max + REQUEST_DEFAULTS.keyspace_name_bytes_max + 1 <= STORE_LIMITS.key_bytes_max
+assert 0 < REQUEST_DEFAULTS.request_timeout_ms_default <= REQUEST_DEFAULTS.request_timeout_ms_max
+assert REQUEST_DEFAULTS.replicas_default <= REQUEST_DEFAULTS.replicas_max
+assert REQUEST_DEFAULTS.list_page_max <= STORE_LIMITS.scan_page_max
+assert PEER_DEFAULTS.frame_bytes_max >= 2 * STORE_LIMITS.value_bytes_max
+
+
 def all_limits() -> dict[str, dict[str, int]]:
     """Every limit and default, by group, for `titra limits` and the docs."""
     return {
@@ -116,4 +176,6 @@ def all_limits() -> dict[str, dict[str, int]]:
         "store_defaults": asdict(STORE_DEFAULTS),
         "clock_defaults": asdict(CLOCK_DEFAULTS),
         "ring_defaults": asdict(RING_DEFAULTS),
+        "request_defaults": asdict(REQUEST_DEFAULTS),
+        "peer_defaults": asdict(PEER_DEFAULTS),
     }

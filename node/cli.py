@@ -7,6 +7,7 @@ import sys
 
 from cluster.store import StoreError
 from node.bench import add_bench_arguments, run_bench
+from node.server import add_serve_arguments, run_serve
 from node.storage import StoreConfig, WalStore
 
 
@@ -51,6 +52,9 @@ def vars_of(obj: object) -> dict[str, object]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="titra-node", description="Run and operate one Titra node.")
     sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a node: the store, the peer transport and the HTTP API")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
     bench = sub.add_parser("bench", help="benchmark the local store against SQLite")
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)

@@ -14,8 +14,8 @@ asyncio driver (node.storage.transaction) turns "queued" into a future and a tim
   wait-for graph (holders and earlier waiters). The youngest transaction in the cycle (highest
   id: it has done the least work) is the victim: its waiting request is cancelled and reported,
   and its driver aborts it, which releases its locks and breaks the cycle.
-- A transaction releases everything at commit or abort (strict two-phase locking); READ
-  COMMITTED also releases single shared locks right after a read.
+- A transaction releases everything at commit or abort (strict two-phase locking); `release`
+  drops one shared lock early, for callers that want short read locks.
 """
 
 import enum
@@ -118,13 +118,15 @@ class LockManager:
             return LockOutcome(request_id, granted=True)
         self._waiting[request_id] = req
         self._waiting_of_txn[txn] = request_id
-        victim = self._deadlock_victim(txn)
-        if victim is None:
-            return LockOutcome(request_id, granted=False)
-        self._remove_waiting(victim)
-        # Cancelling the victim's request may let others in line proceed only once its
-        # transaction releases its locks; its driver does that when it aborts.
-        return LockOutcome(request_id, granted=False, victims=(victim,))
+        # The new wait may close several cycles at once: break every one of them. Cancelling a
+        # victim's waiting request removes its out-edges; its locks go when its driver aborts it.
+        victims: list[LockRequest] = []
+        while (victim := self._deadlock_victim(txn)) is not None:
+            self._remove_waiting(victim)
+            victims.append(victim)
+            if victim.request_id == request_id:
+                break
+        return LockOutcome(request_id, granted=False, victims=tuple(victims))
 
     def cancel(self, request_id: int) -> list[LockRequest]:
         """Withdraw a waiting request (lock timeout). Returns requests granted as a result."""

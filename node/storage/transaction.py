@@ -20,6 +20,7 @@ PostgreSQL's READ COMMITTED does. All writes of a transaction leave as ONE commi
 import asyncio
 import heapq
 from collections.abc import Iterator
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from cluster.store import (
@@ -87,18 +88,23 @@ class WalTransaction:
             # it until we finish, so a repeated scan sees the same keys (no phantoms).
             await self._lock(RangeLock(prefix, hi), LockMode.SHARED)
         items: list[tuple[bytes, Record]] = []
-        last_seen: bytes | None = None
-        for key in self._merged_keys(prefix, hi, after):
-            last_seen = key
-            if self.isolation is Isolation.REPEATABLE_READ and key not in self._writes:
-                await self._lock(KeyLock(key), LockMode.SHARED)
-            record = self._visible(key)
-            if record is not None:
-                items.append((key, record))
-                if len(items) == count:
-                    break
-        full = len(items) == count
-        return ScanPage(items, last_seen if full else None)
+        last_seen = after
+        # Keys are taken a batch at a time with no await in between: a lock wait below lets
+        # other transactions commit, which must not disturb an iterator over the live index.
+        while len(items) < count:
+            batch = list(islice(self._merged_keys(prefix, hi, last_seen), count - len(items) + 16))
+            if not batch:
+                return ScanPage(items, None)
+            for key in batch:
+                last_seen = key
+                if self.isolation is Isolation.REPEATABLE_READ and key not in self._writes:
+                    await self._lock(KeyLock(key), LockMode.SHARED)
+                record = self._visible(key)
+                if record is not None:
+                    items.append((key, record))
+                    if len(items) == count:
+                        return ScanPage(items, key)
+        return ScanPage(items, last_seen)
 
     def _visible(self, key: bytes) -> Record | None:
         own = self._writes.get(key)
@@ -200,12 +206,18 @@ class WalTransaction:
         self._state = _COMMITTING
         ops = list(self._writes.values())
         memtable = self._store.memtable
-        future = self._store.wal.append(
-            RecordType.COMMIT,
-            encode_commit(ops),
-            self._durability,
-            on_written=lambda lsn: memtable.apply(lsn, ops),
-        )
+        try:
+            future = self._store.wal.append(
+                RecordType.COMMIT,
+                encode_commit(ops),
+                self._durability,
+                on_written=lambda lsn: memtable.apply(lsn, ops),
+            )
+        except BaseException:
+            # The log refused the record (failed or closed): nothing was written; abort.
+            self._state = _OPEN
+            self._finish()
+            raise
         # The commit goes on even if this task is cancelled; locks are released only after the
         # writes are applied, so no one can slip between the log and the state.
         future.add_done_callback(lambda _f: self._finish())

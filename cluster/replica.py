@@ -1,0 +1,165 @@
+"""One node's replica: reads and writes of sibling sets on top of the local `Store`.
+
+The only cluster module that awaits a store; the logic is the pure DVV functions. Each
+read-modify-write of a key runs under a per-key lock of this process (the store is ours alone),
+so a mint or a merge never loses a concurrent one, and the store's own locks never deadlock.
+
+- `mint` coordinates a client write: it applies the write to the local clock with a new dot
+  from this node (DVVSet update), checks the conditions and limits, and stores it durably.
+- `merge` stores a clock received from another replica (DVVSet sync): idempotent, commutative,
+  so duplicated or reordered replication messages are harmless.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from cluster import dvv
+from cluster.context import scoped_key
+from cluster.dvv import DVVSet, VersionVector
+from cluster.hlc import ClockDriftError, HybridClock, Timestamp
+from cluster.limits import CLOCK_DEFAULTS, REQUEST_DEFAULTS
+from cluster.requests import WriteStatus
+from cluster.siblings import (
+    STORED_CONTENT_TYPE,
+    Resolution,
+    Sibling,
+    decode_clock,
+    encode_clock,
+    live,
+    meta_is_deleted,
+    record_meta,
+    resolve,
+    total_bytes,
+)
+from cluster.store import Durability, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    status: WriteStatus  # OK, PRECONDITION_FAILED or SIBLINGS_LIMIT
+    clock: DVVSet[Sibling] | None
+    timestamp: Timestamp | None
+    message: str = ""
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Replica:
+    def __init__(self, node_id: str, store: Store, clock: HybridClock) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.clock = clock
+        self._key_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def _locked(self, key: bytes) -> AsyncIterator[None]:
+        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+        self._key_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._key_locks[key]
+            if users == 1:
+                del self._key_locks[key]
+            else:
+                self._key_locks[key] = (lock, users - 1)
+
+    async def _load(self, skey: bytes) -> DVVSet[Sibling] | None:
+        record = await self.store.get(skey)
+        return None if record is None else decode_clock(record.value)
+
+    async def _save(self, skey: bytes, clock: DVVSet[Sibling], durability: str) -> None:
+        await self.store.put(skey, encode_clock(clock), STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
+
+    def _observe(self, clock: DVVSet[Sibling]) -> None:
+        """Keep our hybrid clock ahead of every timestamp we store, so a write that follows
+        another (it read it) gets a later timestamp even across nodes, as `lww` needs."""
+        newest = max((s.timestamp for s in dvv.values(clock)), default=None)
+        if newest is not None and newest > self.clock.last:
+            try:
+                self.clock.observe(newest, wall_ms())
+            except ClockDriftError:
+                pass  # a value from a clock far ahead is stored, but does not drag ours along
+
+    async def mint(
+        self,
+        keyspace: str,
+        resolution: Resolution,
+        key: bytes,
+        sibling_value: bytes,
+        content_type: str,
+        deleted: bool,
+        deps: tuple[tuple[bytes, VersionVector], ...],
+        context: VersionVector | None,
+        if_match: VersionVector | None,
+        if_none_match: bool,
+        durability: str,
+    ) -> Minted:
+        skey = scoped_key(keyspace, key)
+        async with self._locked(skey):
+            local = await self._load(skey) or DVVSet()
+            if if_match is not None and dvv.join(local) != if_match:
+                return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context")
+            if if_none_match and live(local):
+                return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-None-Match: the key has a value")
+            self._observe(local)
+            stamp = self.clock.now(wall_ms())
+            sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
+            updated = resolve(dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id), resolution)
+            if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
+                return Minted(
+                    WriteStatus.SIBLINGS_LIMIT,
+                    None,
+                    None,
+                    f"the key would have {dvv.size(updated)} siblings; the limit is {CLOCK_DEFAULTS.siblings_max}: "
+                    "read it and write with its context to resolve them",
+                )
+            if total_bytes(updated) > REQUEST_DEFAULTS.sibling_set_bytes_max:
+                return Minted(
+                    WriteStatus.SIBLINGS_LIMIT,
+                    None,
+                    None,
+                    f"the key's siblings would hold {total_bytes(updated)} bytes; the limit is "
+                    f"{REQUEST_DEFAULTS.sibling_set_bytes_max}: resolve them by writing with their context",
+                )
+            await self._save(skey, updated, durability)
+            return Minted(WriteStatus.OK, updated, stamp)
+
+    async def merge(self, keyspace: str, resolution: Resolution, key: bytes, encoded: bytes, durability: str) -> bool:
+        """Merge a clock from another replica; True if the local state changed."""
+        incoming = decode_clock(encoded)
+        skey = scoped_key(keyspace, key)
+        async with self._locked(skey):
+            local = await self._load(skey)
+            merged = resolve(incoming if local is None else dvv.sync(local, incoming), resolution)
+            if local is not None and merged == local:
+                return False
+            self._observe(merged)
+            await self._save(skey, merged, durability)
+            return True
+
+    async def read(self, keyspace: str, key: bytes) -> bytes | None:
+        record = await self.store.get(scoped_key(keyspace, key))
+        return None if record is None else record.value
+
+    async def list_keys(self, keyspace: str, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bool]:
+        """Live keys of `keyspace` starting with `prefix`, after `after`; True when no more follow."""
+        base = scoped_key(keyspace, b"")
+        cursor = None if after is None else base + after
+        keys: list[bytes] = []
+        while True:
+            page = await self.store.scan(base + prefix, cursor, min(limit * 2, 1_000))
+            for skey, record in page.items:
+                if not meta_is_deleted(record.meta):
+                    keys.append(skey[len(base) :])
+                    if len(keys) == limit:
+                        return keys, False
+            if page.cursor is None:
+                return keys, True
+            cursor = page.cursor

@@ -1,0 +1,121 @@
+"""What a replica stores for one key: a dotted-version-vector set of `Sibling` values, and the
+ConflictResolver that decides what concurrent writes leave behind.
+
+Pure. Two resolution modes per keyspace, as Riak offers them:
+- `siblings` (default): concurrent writes are all kept, up to `siblings_max`; a reader sees them
+  all (HTTP 300) and resolves them by writing with the context that covers them.
+- `lww` (opt-in): last writer wins by hybrid-logical-clock timestamp, then node id, so two writes
+  in the same millisecond never tie (Cassandra's timestamps can, and then compare values).
+
+A delete is a write of a tombstone sibling, so it carries its causal context like any write and
+is merged by the same rules (Dynamo §6.2; purging tombstones safely is anti-entropy's job).
+"""
+
+import enum
+from dataclasses import dataclass
+
+import msgpack
+
+from cluster import dvv
+from cluster.dvv import ClockDecodeError, DVVSet, VersionVector
+from cluster.hlc import Timestamp, TimestampDecodeError
+
+# The content type of the stored sibling set inside the local store.
+STORED_CONTENT_TYPE = "application/vnd.titra.dvvset+msgpack"
+
+
+class Resolution(enum.Enum):
+    SIBLINGS = "siblings"
+    LWW = "lww"
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    """One written value (or tombstone) with its coordinator timestamp and the causal
+    dependencies the writer's session had (`deps`: scoped key -> version vector)."""
+
+    value: bytes
+    content_type: str
+    timestamp: Timestamp
+    deleted: bool = False
+    deps: tuple[tuple[bytes, VersionVector], ...] = ()
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.value) + len(self.content_type) + 64
+
+
+def _sibling_to_wire(sibling: Sibling) -> object:
+    deps = [(key, vv.to_wire()) for key, vv in sibling.deps]
+    return (sibling.value, sibling.content_type, sibling.timestamp.to_wire(), sibling.deleted, deps)
+
+
+def _sibling_from_wire(data: object) -> Sibling:
+    if not isinstance(data, list | tuple) or len(data) != 5:
+        raise ClockDecodeError("a sibling must be a list of 5 items")
+    value, content_type, timestamp, deleted, deps = data
+    if not isinstance(value, bytes) or not isinstance(content_type, str) or not isinstance(deleted, bool):
+        raise ClockDecodeError("a sibling has a value of the wrong type")
+    if not isinstance(deps, list | tuple):
+        raise ClockDecodeError("sibling dependencies must be a list")
+    try:
+        ts = Timestamp.from_wire(timestamp)
+    except TimestampDecodeError as exc:
+        raise ClockDecodeError(f"sibling timestamp: {exc}") from exc
+    parsed: list[tuple[bytes, VersionVector]] = []
+    for dep in deps:
+        if not isinstance(dep, list | tuple) or len(dep) != 2 or not isinstance(dep[0], bytes):
+            raise ClockDecodeError("a dependency must be [key, version vector]")
+        parsed.append((dep[0], VersionVector.from_wire(dep[1])))
+    return Sibling(value, content_type, ts, deleted, tuple(parsed))
+
+
+def encode_clock(clock: DVVSet[Sibling]) -> bytes:
+    return bytes(msgpack.packb(clock.to_wire(_sibling_to_wire), use_bin_type=True))
+
+
+def decode_clock(data: bytes) -> DVVSet[Sibling]:
+    """Decode a stored or received sibling set; raises ClockDecodeError naming the problem."""
+    try:
+        wire = msgpack.unpackb(data, raw=False, use_list=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ClockDecodeError(f"clock is not msgpack: {exc}") from exc
+    return DVVSet.from_wire(wire, _sibling_from_wire)
+
+
+def resolve(clock: DVVSet[Sibling], resolution: Resolution) -> DVVSet[Sibling]:
+    """Apply the keyspace's resolution to a merged clock. Under `lww` only the sibling with the
+    greatest timestamp keeps its value; the history (every entry's counter) is kept, so the
+    dropped values stay superseded when clocks are merged again."""
+    if resolution is Resolution.SIBLINGS or dvv.size(clock) <= 1:
+        return clock
+    winner = max(dvv.values(clock), key=lambda s: s.timestamp)
+    entries = []
+    for entry in clock.entries:
+        # A node's values are newest first and its hybrid timestamps only grow, so the winner is
+        # the first value of its entry; values are tied to dots by position, so keep a prefix.
+        kept = entry.values[: entry.values.index(winner) + 1] if winner in entry.values else ()
+        entries.append(dvv.Entry(entry.node, entry.counter, kept))
+    return DVVSet(tuple(entries))
+
+
+def live(clock: DVVSet[Sibling]) -> list[Sibling]:
+    """The siblings a reader sees: not tombstones, oldest first."""
+    return sorted((s for s in dvv.values(clock) if not s.deleted), key=lambda s: s.timestamp)
+
+
+def total_bytes(clock: DVVSet[Sibling]) -> int:
+    return sum(s.size_bytes for s in dvv.values(clock))
+
+
+def record_meta(clock: DVVSet[Sibling]) -> bytes:
+    """The store record's metadata: the key's version vector and whether it is only tombstones,
+    so listings and repair can skip or compare keys without decoding values."""
+    return bytes(msgpack.packb([dvv.join(clock).to_wire(), not live(clock)], use_bin_type=True))
+
+
+def meta_is_deleted(meta: bytes) -> bool:
+    if not meta:
+        return False
+    decoded = msgpack.unpackb(meta, raw=False)
+    return bool(decoded[1])

@@ -1,0 +1,444 @@
+"""The node runtime: drives the pure replication rounds with the transport, the replica and time.
+
+It implements `cluster.requests.Coordinator` for the HTTP edge. Rules:
+- Effects are carried out in the order a round returns them; `Finish` resolves the waiting
+  client request, and a finished read round stays registered until it has read-repaired.
+- A write is coordinated by the receiving node when it is a replica of the key, else by the
+  first reachable replica (forwarded); a write with an Idempotency-Key always by the first
+  reachable replica, which keeps its outcome.
+- 503 (`unavailable`) is decided before anything is written: fewer reachable replicas than the
+  level needs. Anything that goes wrong after the coordinator stored the write is a timeout:
+  the outcome is unknown.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cluster import dvv
+from cluster.context import scoped_key, version_of
+from cluster.dvv import DVVSet, VersionVector
+from cluster.limits import REQUEST_DEFAULTS
+from cluster.messages import (
+    ForwardWrite,
+    ForwardWriteReply,
+    ListKeys,
+    ListKeysReply,
+    Message,
+    ReplicaMerge,
+    ReplicaMergeAck,
+    ReplicaRead,
+    ReplicaReadReply,
+)
+from cluster.replica import Replica, wall_ms
+from cluster.requests import (
+    ContextEntry,
+    KeyspaceDef,
+    KeyspaceOutcome,
+    Level,
+    ListOutcome,
+    Outcome,
+    ReadOutcome,
+    ReadRequest,
+    ReadStatus,
+    WriteOutcome,
+    WriteRequest,
+    WriteStatus,
+    achieved_level,
+    required_acks,
+)
+from cluster.ring import Ring
+from cluster.rounds import Effect, Finish, ListRound, ReadRound, Send, WriteRound
+from cluster.siblings import Resolution, Sibling, decode_clock, live
+from node.idempotency import IdempotencyTable
+from node.keyspaces import KeyspaceRegistry
+
+log = logging.getLogger("titra.runtime")
+
+TICK_MS = 10  # how often rounds see the time (deadlines, causal re-reads)
+
+
+class Transport(Protocol):
+    def send(self, node_id: str, message: Message) -> None: ...
+
+    def is_reachable(self, node_id: str) -> bool: ...
+
+    def status(self) -> dict[str, dict[str, object]]: ...
+
+
+@dataclass
+class _Pending:
+    round: WriteRound | ReadRound | ListRound | None
+    future: "asyncio.Future[Finish | WriteOutcome]"
+
+
+class NodeRuntime:
+    def __init__(self, node_id: str, nodes: list[str], replica: Replica, transport: Transport, secret: bytes) -> None:
+        self.node_id = node_id
+        self.secret = secret
+        self.ring = Ring(frozenset(nodes))
+        self.replica = replica
+        self.transport = transport
+        self.keyspaces = KeyspaceRegistry(len(nodes), replica.store, self.put, self.get)
+        self.idempotency = IdempotencyTable(replica.store)
+        self._pending: dict[int, _Pending] = {}
+        self._next_round = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._ready = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name="titra-rounds-ticker")
+        self._ready = True
+
+    async def close(self) -> None:
+        self._ready = False
+        for task in [self._ticker, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._ticker, *self._tasks] if t is not None], return_exceptions=True)
+
+    def ready(self) -> bool:
+        return self._ready
+
+    @staticmethod
+    def _now_ms() -> int:
+        return int(asyncio.get_running_loop().time() * 1000)
+
+    def _round_id(self) -> int:
+        rid = self._next_round
+        self._next_round += 1
+        return rid
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def put(self, request: WriteRequest) -> WriteOutcome:
+        definition = await self.keyspaces.lookup(request.keyspace, request.timeout_ms)
+        if definition is None:
+            return self._write_outcome(WriteStatus.NO_KEYSPACE, (), 0, f"keyspace {request.keyspace!r} does not exist")
+        n = min(definition.n, len(self.ring.nodes))
+        if request.w is not None and request.w > n:
+            return self._write_outcome(WriteStatus.INVALID, (), 0, f"w={request.w} is above N={n} of {definition.name!r}")
+        level = Level(request.level)
+        w = required_acks(level, n, request.w)
+        preference = self.ring.preference_list(scoped_key(definition.name, request.key), n)
+        reachable = [node for node in preference if self.transport.is_reachable(node)]
+        if len(reachable) < w:
+            return self._write_outcome(
+                WriteStatus.UNAVAILABLE,
+                (),
+                w,
+                f"only {len(reachable)} of the key's {n} replicas are reachable and {w} must acknowledge; nothing was written",
+            )
+        if request.idempotency_key or self.node_id not in preference:
+            target = reachable[0]
+        else:
+            target = self.node_id
+        if target != self.node_id:
+            return await self._forward(target, request, w)
+        return await self._coordinate(definition, request, tuple(preference), w, n)
+
+    async def _forward(self, target: str, request: WriteRequest, w: int) -> WriteOutcome:
+        rid = self._round_id()
+        future: asyncio.Future[Finish | WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = _Pending(None, future)
+        self.transport.send(target, ForwardWrite(rid, request))
+        try:
+            got = await asyncio.wait_for(future, request.timeout_ms / 1000)
+        except TimeoutError:
+            return self._write_outcome(
+                WriteStatus.TIMEOUT, (), w, f"forwarded to replica {target}, which did not answer in time; outcome unknown"
+            )
+        finally:
+            self._pending.pop(rid, None)
+        assert isinstance(got, WriteOutcome)
+        return got
+
+    async def _coordinate(
+        self, definition: KeyspaceDef, request: WriteRequest, preference: tuple[str, ...], w: int, n: int
+    ) -> WriteOutcome:
+        if request.idempotency_key:
+            earlier = await self.idempotency.get(request.idempotency_key)
+            if earlier is not None:
+                if earlier.digest != request.request_digest:
+                    return self._write_outcome(
+                        WriteStatus.IDEMPOTENCY_MISMATCH, (), w, "this Idempotency-Key was used for a different request"
+                    )
+                if earlier.outcome.status != WriteStatus.TIMEOUT.value:
+                    return earlier.outcome
+                # The first attempt stored the write here but did not reach W: replicate it again.
+                encoded = await self.replica.read(definition.name, request.key)
+                assert encoded is not None, "an idempotent write recorded as stored is missing"
+                clock = decode_clock(encoded)
+                outcome = await self._replicate(definition, request, preference, w, n, clock, earlier.outcome.timestamp)
+                await self.idempotency.put(
+                    request.idempotency_key, request.request_digest, definition.name, request.key, outcome
+                )
+                return outcome
+        skey = scoped_key(definition.name, request.key)
+        deps: tuple[tuple[bytes, VersionVector], ...] = ()
+        if request.level == Level.CAUSAL.value:
+            deps = tuple((e.key, e.version) for e in request.context if e.key != skey)
+        minted = await self.replica.mint(
+            definition.name,
+            Resolution(definition.resolution),
+            request.key,
+            request.value,
+            request.content_type,
+            request.deleted,
+            deps,
+            version_of(request.context, skey),
+            request.if_match,
+            request.if_none_match,
+            request.durability,
+        )
+        if minted.status is not WriteStatus.OK or minted.clock is None:
+            return self._write_outcome(minted.status, (), w, minted.message)
+        assert minted.timestamp is not None
+        outcome = await self._replicate(definition, request, preference, w, n, minted.clock, minted.timestamp.encode())
+        if request.idempotency_key:
+            await self.idempotency.put(request.idempotency_key, request.request_digest, definition.name, request.key, outcome)
+        return outcome
+
+    async def _replicate(
+        self,
+        definition: KeyspaceDef,
+        request: WriteRequest,
+        preference: tuple[str, ...],
+        w: int,
+        n: int,
+        clock: DVVSet[Sibling],
+        timestamp: str,
+    ) -> WriteOutcome:
+        rid = self._round_id()
+        round_ = WriteRound(
+            rid, definition.name, request.key, self.node_id, preference, w, self._now_ms() + request.timeout_ms, request.durability
+        )
+        finish = await self._run(round_, round_.start(clock))
+        status = WriteStatus.OK if finish.status == "ok" else WriteStatus.TIMEOUT
+        return WriteOutcome(
+            status.value,
+            self.node_id,
+            finish.replicas,
+            w,
+            dvv.join(clock),
+            timestamp,
+            achieved_level(len(finish.replicas), n),
+            finish.message,
+        )
+
+    def _write_outcome(self, status: WriteStatus, acks: tuple[str, ...], w: int, message: str) -> WriteOutcome:
+        return WriteOutcome(status.value, self.node_id, acks, w, None, "", "", message)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def get(self, request: ReadRequest) -> ReadOutcome:
+        definition = await self.keyspaces.lookup(request.keyspace, request.timeout_ms)
+        if definition is None:
+            return self._read_outcome(ReadStatus.NO_KEYSPACE, 0, f"keyspace {request.keyspace!r} does not exist")
+        n = min(definition.n, len(self.ring.nodes))
+        if request.r is not None and request.r > n:
+            return self._read_outcome(ReadStatus.INVALID, 0, f"r={request.r} is above N={n} of {definition.name!r}")
+        level = Level(request.level)
+        r = required_acks(level, n, request.r)
+        skey = scoped_key(definition.name, request.key)
+        preference = tuple(self.ring.preference_list(skey, n))
+        reachable = [node for node in preference if self.transport.is_reachable(node)]
+        if len(reachable) < r:
+            return self._read_outcome(
+                ReadStatus.UNAVAILABLE, r, f"only {len(reachable)} of the key's {n} replicas are reachable; {r} must answer"
+            )
+        must_cover = version_of(request.context, skey) if level is Level.CAUSAL else None
+        round_ = ReadRound(
+            self._round_id(),
+            definition.name,
+            request.key,
+            preference,
+            r,
+            self._now_ms() + request.timeout_ms,
+            Resolution(definition.resolution),
+            must_cover,
+        )
+        finish = await self._run(round_, round_.start())
+        if finish.status != "ok":
+            status = ReadStatus.TIMEOUT if finish.status == "timeout" else ReadStatus.UNAVAILABLE
+            return self._read_outcome(status, r, finish.message, finish.replicas)
+        merged = round_.merged
+        siblings = tuple(live(merged)) if merged is not None else ()
+        deps: tuple[ContextEntry, ...] = tuple(ContextEntry(k, v) for s in siblings for k, v in s.deps)
+        return ReadOutcome(
+            (ReadStatus.OK if siblings else ReadStatus.NOT_FOUND).value,
+            self.node_id,
+            finish.replicas,
+            r,
+            siblings,
+            dvv.join(merged) if merged is not None else VersionVector(),
+            deps,
+            self.replica.clock.now(wall_ms()).encode(),
+            achieved_level(len(finish.replicas), n),
+            "",
+        )
+
+    def _read_outcome(self, status: ReadStatus, r: int, message: str, replicas: tuple[str, ...] = ()) -> ReadOutcome:
+        return ReadOutcome(status.value, self.node_id, replicas, r, (), None, (), "", "", message)
+
+    # --- listing and keyspaces -------------------------------------------------------------------
+
+    async def list_keys(self, keyspace: str, prefix: bytes, after: bytes | None, limit: int, timeout_ms: int) -> ListOutcome:
+        definition = await self.keyspaces.lookup(keyspace, timeout_ms)
+        if definition is None:
+            return ListOutcome(Outcome.NO_KEYSPACE.value, (), None, (), f"keyspace {keyspace!r} does not exist")
+        nodes = tuple(sorted(self.ring.nodes))
+        n = min(definition.n, len(nodes))
+        required = len(nodes) - n + 1
+        round_ = ListRound(self._round_id(), nodes, required, self._now_ms() + timeout_ms, limit)
+        reachable = [node for node in nodes if self.transport.is_reachable(node)]
+        if len(reachable) < required:
+            return ListOutcome(
+                Outcome.UNAVAILABLE.value, (), None, (), f"only {len(reachable)} nodes reachable; {required} needed to cover every key"
+            )
+        sends: list[Effect] = [Send(node, ListKeys(round_.round_id, keyspace, prefix, after, limit)) for node in nodes]
+        finish = await self._run(round_, sends)
+        if finish.status != "ok":
+            return ListOutcome(finish.status, (), None, finish.replicas, "not enough nodes answered in time")
+        keys, cursor = round_.page()
+        return ListOutcome(Outcome.OK.value, keys, cursor, finish.replicas, "")
+
+    async def create_keyspace(self, definition: KeyspaceDef, timeout_ms: int) -> KeyspaceOutcome:
+        return await self.keyspaces.create(definition, timeout_ms)
+
+    async def get_keyspace(self, name: str, timeout_ms: int) -> KeyspaceDef | None:
+        return await self.keyspaces.lookup(name, timeout_ms)
+
+    async def list_keyspaces(self) -> list[KeyspaceDef]:
+        return await self.keyspaces.all()
+
+    def status(self) -> dict[str, object]:
+        ownership = self.ring.ownership()
+        return {
+            "node": {"id": self.node_id, "ready": self._ready, "rounds_in_flight": len(self._pending)},
+            "ring": {"nodes": sorted(self.ring.nodes), "vnodes_per_node": self.ring.vnodes_per_node, "ownership": ownership},
+            "peers": self.transport.status(),
+        }
+
+    # --- driving rounds ------------------------------------------------------------------------
+
+    async def _run(self, round_: WriteRound | ReadRound | ListRound, effects: list[Effect]) -> Finish:
+        future: asyncio.Future[Finish | WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._pending[round_.round_id] = _Pending(round_, future)
+        self._apply(round_.round_id, effects)
+        got = await asyncio.shield(future)
+        assert isinstance(got, Finish)
+        return got
+
+    def _apply(self, rid: int, effects: list[Effect]) -> None:
+        pending = self._pending.get(rid)
+        for effect in effects:
+            if isinstance(effect, Send):
+                self.transport.send(effect.to, effect.message)
+            elif pending is not None and not pending.future.done():
+                pending.future.set_result(effect)
+        if pending is not None and _done(pending.round):
+            self._pending.pop(rid, None)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_MS / 1000)
+            now = self._now_ms()
+            for rid, pending in list(self._pending.items()):
+                if pending.round is not None:
+                    self._apply(rid, pending.round.on_tick(now))
+
+    # --- messages from peers -------------------------------------------------------------------
+
+    def on_message(self, sender: str, message: Message) -> None:
+        match message:
+            case ReplicaReadReply(round_id=rid, clock=encoded, error=error):
+                pending = self._pending.get(rid)
+                if pending is not None and isinstance(pending.round, ReadRound):
+                    clock = None
+                    if encoded is not None and not error:
+                        try:
+                            clock = decode_clock(encoded)
+                        except ValueError as exc:
+                            error = f"undecodable clock: {exc}"
+                    self._apply(rid, pending.round.on_reply(sender, clock, error, self._now_ms()))
+            case ReplicaMergeAck(round_id=rid, ok=ok, error=error):
+                pending = self._pending.get(rid)
+                if pending is not None and isinstance(pending.round, WriteRound):
+                    self._apply(rid, pending.round.on_ack(sender, ok, error))
+            case ListKeysReply(round_id=rid, keys=keys, complete=complete, error=error):
+                pending = self._pending.get(rid)
+                if pending is not None and isinstance(pending.round, ListRound):
+                    self._apply(rid, pending.round.on_reply(sender, keys, complete, error))
+            case ForwardWriteReply(round_id=rid, outcome=outcome):
+                pending = self._pending.get(rid)
+                if pending is not None and not pending.future.done():
+                    pending.future.set_result(outcome)
+            case ReplicaRead() | ReplicaMerge() | ListKeys() | ForwardWrite():
+                self._spawn(self._serve(sender, message))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sender: str, message: Message) -> None:
+        """Answer a peer's request. Errors are answered, never raised into the transport."""
+        reply: Message
+        match message:
+            case ReplicaRead(round_id=rid, keyspace=keyspace, key=key):
+                try:
+                    reply = ReplicaReadReply(rid, await self.replica.read(keyspace, key))
+                except Exception as exc:  # the store failed: the coordinator counts a failure
+                    log.exception("replica read failed")
+                    reply = ReplicaReadReply(rid, None, f"{type(exc).__name__}: {exc}")
+            case ReplicaMerge(round_id=rid, keyspace=keyspace, key=key, clock=clock, durability=durability):
+                try:
+                    definition = await self.keyspaces.lookup(keyspace, REQUEST_DEFAULTS.request_timeout_ms_default)
+                    if definition is None:
+                        raise LookupError(f"keyspace {keyspace!r} is unknown here")
+                    await self.replica.merge(keyspace, Resolution(definition.resolution), key, clock, durability)
+                    reply = ReplicaMergeAck(rid, True)
+                except Exception as exc:
+                    log.exception("replica merge failed")
+                    reply = ReplicaMergeAck(rid, False, f"{type(exc).__name__}: {exc}")
+                if rid == 0:
+                    return
+            case ListKeys(round_id=rid, keyspace=keyspace, prefix=prefix, after=after, limit=limit):
+                try:
+                    keys, complete = await self.replica.list_keys(keyspace, prefix, after, limit)
+                    reply = ListKeysReply(rid, tuple(keys), complete)
+                except Exception as exc:
+                    log.exception("list keys failed")
+                    reply = ListKeysReply(rid, (), False, f"{type(exc).__name__}: {exc}")
+            case ForwardWrite(round_id=rid, request=request):
+                reply = ForwardWriteReply(rid, await self._coordinate_forwarded(request))
+            case _:
+                return
+        self.transport.send(sender, reply)
+
+    async def _coordinate_forwarded(self, request: WriteRequest) -> WriteOutcome:
+        definition = await self.keyspaces.lookup(request.keyspace, request.timeout_ms)
+        if definition is None:
+            return self._write_outcome(WriteStatus.NO_KEYSPACE, (), 0, f"keyspace {request.keyspace!r} does not exist")
+        n = min(definition.n, len(self.ring.nodes))
+        w = required_acks(Level(request.level), n, request.w)
+        preference = tuple(self.ring.preference_list(scoped_key(definition.name, request.key), n))
+        return await self._coordinate(definition, request, preference, w, n)
+
+
+def _done(round_: WriteRound | ReadRound | ListRound | None) -> bool:
+    if round_ is None:
+        return False
+    if isinstance(round_, ReadRound):
+        return round_.repaired
+    return round_.finished
+

@@ -1,0 +1,136 @@
+"""`titra-node serve`: open the store, start the transport and the runtime, serve HTTP.
+
+Two listeners, as Cassandra separates its native and storage ports: the client API (published
+to users) and the peer endpoint (cluster traffic only; it requires the cluster secret).
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from cluster.hlc import HybridClock
+from cluster.replica import Replica
+from node.http.app import build_client_app
+from node.runtime import NodeRuntime
+from node.storage import StoreConfig, WalStore
+from node.transport import PeerTransport, peer_app
+
+log = logging.getLogger("titra.node")
+
+SECRET_ENV = "TITRA_CLUSTER_SECRET"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str
+    listen: tuple[str, int]
+    peer_listen: tuple[str, int]
+    peers: dict[str, str]  # node id -> host:port of its peer listener (self included)
+    data_dir: str
+    secret: str
+    repair_wal: bool = False
+
+
+def _address(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node_id, sep, address = item.partition("=")
+        if not sep or not node_id:
+            raise ConfigError(f"--peers entries must be ID=HOST:PORT, not {item!r}")
+        _address(address, f"peer {node_id}")
+        peers[node_id] = address
+    return peers
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    secret = os.environ.get(SECRET_ENV, "")
+    if args.cluster_secret_file:
+        with open(args.cluster_secret_file, encoding="utf-8") as f:
+            secret = f.read().strip()
+    if len(secret) < 16:
+        raise ConfigError(f"the cluster secret (env {SECRET_ENV} or --cluster-secret-file) must be at least 16 characters")
+    peers = parse_peers(args.peers)
+    if args.node_id not in peers:
+        peers[args.node_id] = args.peer_listen
+    return NodeConfig(
+        args.node_id,
+        _address(args.listen, "--listen"),
+        _address(args.peer_listen, "--peer-listen"),
+        peers,
+        args.data_dir,
+        secret,
+        args.repair_wal,
+    )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node-id", required=True, help="this node's id (stable across restarts)")
+    parser.add_argument("--listen", default="127.0.0.1:7070", help="client API address HOST:PORT")
+    parser.add_argument("--peer-listen", default="127.0.0.1:7170", help="peer endpoint address HOST:PORT")
+    parser.add_argument("--peers", default="", help="all nodes: ID=HOST:PEERPORT,... (this node may be included)")
+    parser.add_argument("--data-dir", required=True, help="where the store keeps its files")
+    parser.add_argument("--cluster-secret-file", default="", help=f"file holding the cluster secret (else env {SECRET_ENV})")
+    parser.add_argument("--repair-wal", action="store_true", help="truncate the WAL at damage in its middle (drops records)")
+    parser.add_argument("--log-level", default="INFO")
+
+
+async def serve(config: NodeConfig) -> None:
+    store = await WalStore.open(config.data_dir, StoreConfig(repair_wal=config.repair_wal))
+    replica = Replica(config.node_id, store, HybridClock(config.node_id))
+    runtime: NodeRuntime | None = None
+
+    def deliver(sender: str, message: object) -> None:
+        assert runtime is not None
+        runtime.on_message(sender, message)  # type: ignore[arg-type]
+
+    transport = PeerTransport(config.node_id, config.peers, config.secret, deliver)
+    runtime = NodeRuntime(config.node_id, sorted(config.peers), replica, transport, config.secret.encode())
+    client_runner = web.AppRunner(build_client_app(runtime), access_log=None)
+    peer_runner = web.AppRunner(peer_app(transport), access_log=None)
+    await client_runner.setup()
+    await peer_runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(peer_runner, *config.peer_listen).start()
+        await transport.start()
+        await runtime.start()
+        await web.TCPSite(client_runner, *config.listen).start()
+        log.info("node %s serving clients on %s:%d, peers on %s:%d", config.node_id, *config.listen, *config.peer_listen)
+        await stop.wait()
+    finally:
+        log.info("node %s stopping", config.node_id)
+        await client_runner.cleanup()
+        await runtime.close()
+        await transport.close()
+        await peer_runner.cleanup()
+        await store.close()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except (ConfigError, OSError) as exc:
+        print(f"titra-node: {exc}")
+        return 2
+    asyncio.run(serve(config))
+    return 0
