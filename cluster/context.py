@@ -74,7 +74,9 @@ def encode_token(context: tuple[ContextEntry, ...], secret: bytes) -> str:
 def decode_token(token: str, secret: bytes) -> tuple[ContextEntry, ...]:
     """Parse and verify a token; raises ContextError naming what is wrong."""
     if len(token) > REQUEST_DEFAULTS.context_token_bytes_max:
-        raise ContextError(f"Titra-Context is {len(token)} bytes; the limit is {REQUEST_DEFAULTS.context_token_bytes_max}")
+        raise ContextError(
+            f"Titra-Context is {len(token)} bytes; the limit is {REQUEST_DEFAULTS.context_token_bytes_max}"
+        )
     try:
         blob = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except ValueError as exc:

@@ -136,6 +136,9 @@ class RequestDefaults:
     # Listing keys: a page.
     list_page_default: int = 100
     list_page_max: int = 1_000
+    # A keyspace definition body ({"n": 3, "resolution": "siblings"}): a few dozen bytes in
+    # practice; bounded so the JSON parser never sees a large or deeply nested document.
+    keyspace_body_bytes_max: int = 4 * KIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,50 @@ assert REQUEST_DEFAULTS.list_page_max <= STORE_LIMITS.scan_page_max
 assert PEER_DEFAULTS.frame_bytes_max >= 2 * STORE_LIMITS.value_bytes_max
 
 
+@dataclass(frozen=True, slots=True)
+class ClientDefaults:
+    """The Python client and the `titra` command (cluster/client.py, cluster/local.py)."""
+
+    # A write is retried with the same Idempotency-Key after a lost connection, a 503 or a 504;
+    # a read only after a lost connection. A 4xx is never retried.
+    write_retries_max: int = 3
+    read_retries_max: int = 2
+    # Backoff before a retry: full jitter over a doubling cap (Brooker, "Exponential Backoff
+    # and Jitter"), so that clients retrying after one failure do not arrive together.
+    retry_backoff_ms: int = 50
+    retry_backoff_ms_max: int = 1_000
+    connect_timeout_ms: int = 1_000
+    # The client waits this long past the server's own timeout_ms, so that the server's 504
+    # (which says how many replicas acknowledged) arrives before the client gives up blind.
+    timeout_slack_ms: int = 1_000
+    # Endpoints one client fails over between.
+    endpoints_max: int = 64
+    # A response body the client reads: a full sibling set as base64 JSON, with headroom.
+    response_bytes_max: int = 8 * MIB
+    # `titra local`: nodes on one machine; peer ports sit this far above the client ports, so
+    # the two ranges cannot overlap while nodes <= the offset.
+    local_nodes_max: int = 100
+    local_peer_port_offset: int = 100
+    # `titra local up` waits this long for every node's /health/ready, asking this often.
+    local_ready_timeout_ms: int = 30_000
+    local_poll_interval_ms: int = 100
+    # `titra local down` gives nodes this long to exit after SIGTERM before SIGKILL.
+    local_stop_timeout_ms: int = 10_000
+
+
+CLIENT_DEFAULTS = ClientDefaults()
+
+assert CLIENT_DEFAULTS.write_retries_max >= 0 and CLIENT_DEFAULTS.read_retries_max >= 0
+assert 0 < CLIENT_DEFAULTS.retry_backoff_ms <= CLIENT_DEFAULTS.retry_backoff_ms_max
+assert CLIENT_DEFAULTS.connect_timeout_ms < REQUEST_DEFAULTS.request_timeout_ms_default
+assert CLIENT_DEFAULTS.response_bytes_max >= REQUEST_DEFAULTS.sibling_set_bytes_max * 4 // 3 + 64 * KIB, (
+    "a full sibling set, base64-encoded in JSON, must fit in one response the client reads"
+)
+assert CLIENT_DEFAULTS.local_nodes_max <= CLIENT_DEFAULTS.local_peer_port_offset
+assert 0 < CLIENT_DEFAULTS.local_poll_interval_ms < CLIENT_DEFAULTS.local_ready_timeout_ms
+assert CLIENT_DEFAULTS.local_stop_timeout_ms > 0
+
+
 def all_limits() -> dict[str, dict[str, int]]:
     """Every limit and default, by group, for `titra limits` and the docs."""
     return {
@@ -178,4 +225,5 @@ def all_limits() -> dict[str, dict[str, int]]:
         "ring_defaults": asdict(RING_DEFAULTS),
         "request_defaults": asdict(REQUEST_DEFAULTS),
         "peer_defaults": asdict(PEER_DEFAULTS),
+        "client_defaults": asdict(CLIENT_DEFAULTS),
     }

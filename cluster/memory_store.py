@@ -57,9 +57,7 @@ class MemoryTransaction:
         check_key(key, self._store.limits)
         return self._view(key)
 
-    async def put(
-        self, key: bytes, value: bytes, content_type: str = DEFAULT_CONTENT_TYPE, meta: bytes = b""
-    ) -> None:
+    async def put(self, key: bytes, value: bytes, content_type: str = DEFAULT_CONTENT_TYPE, meta: bytes = b"") -> None:
         self._check_open()
         check_key(key, self._store.limits)
         check_record(value, content_type, meta, self._store.limits)

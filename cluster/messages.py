@@ -86,7 +86,7 @@ class ListKeysReply:
     error: str = ""
 
 
-Message = Union[
+Message = Union[  # noqa: UP007 (typing.get_args needs a real Union object here)
     ReplicaRead,
     ReplicaReadReply,
     ReplicaMerge,

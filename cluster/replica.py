@@ -13,7 +13,7 @@ so a mint or a merge never loses a concurrent one, and the store's own locks nev
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from cluster import dvv
@@ -82,10 +82,9 @@ class Replica:
         another (it read it) gets a later timestamp even across nodes, as `lww` needs."""
         newest = max((s.timestamp for s in dvv.values(clock)), default=None)
         if newest is not None and newest > self.clock.last:
-            try:
+            # A value from a clock far ahead is stored, but does not drag ours along.
+            with suppress(ClockDriftError):
                 self.clock.observe(newest, wall_ms())
-            except ClockDriftError:
-                pass  # a value from a clock far ahead is stored, but does not drag ours along
 
     async def mint(
         self,
@@ -105,13 +104,21 @@ class Replica:
         async with self._locked(skey):
             local = await self._load(skey) or DVVSet()
             if if_match is not None and dvv.join(local) != if_match:
-                return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context")
+                return Minted(
+                    WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context"
+                )
             if if_none_match and live(local):
                 return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-None-Match: the key has a value")
+            if deleted and context is None:
+                # A delete without a context removes what this replica holds now, as Riak's delete
+                # fetches the object's clock first; a blind tombstone would only become a sibling.
+                context = dvv.join(local)
             self._observe(local)
             stamp = self.clock.now(wall_ms())
             sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
-            updated = resolve(dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id), resolution)
+            updated = resolve(
+                dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id), resolution
+            )
             if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
                 return Minted(
                     WriteStatus.SIBLINGS_LIMIT,
@@ -148,7 +155,9 @@ class Replica:
         record = await self.store.get(scoped_key(keyspace, key))
         return None if record is None else record.value
 
-    async def list_keys(self, keyspace: str, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bool]:
+    async def list_keys(
+        self, keyspace: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
         """Live keys of `keyspace` starting with `prefix`, after `after`; True when no more follow."""
         base = scoped_key(keyspace, b"")
         cursor = None if after is None else base + after

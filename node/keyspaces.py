@@ -62,7 +62,9 @@ class KeyspaceRegistry:
         known = self._cache.get(name)
         if known is not None:
             return known
-        outcome = await self._read(ReadRequest(SYSTEM, _PREFIX + name.encode(), Level.QUORUM.value, None, timeout_ms, ()))
+        outcome = await self._read(
+            ReadRequest(SYSTEM, _PREFIX + name.encode(), Level.QUORUM.value, None, timeout_ms, ())
+        )
         if outcome.status != ReadStatus.OK.value or not outcome.siblings:
             return None
         definition = _decode(name, outcome.siblings[-1].value)

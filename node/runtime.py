@@ -122,7 +122,9 @@ class NodeRuntime:
             return self._write_outcome(WriteStatus.NO_KEYSPACE, (), 0, f"keyspace {request.keyspace!r} does not exist")
         n = min(definition.n, len(self.ring.nodes))
         if request.w is not None and request.w > n:
-            return self._write_outcome(WriteStatus.INVALID, (), 0, f"w={request.w} is above N={n} of {definition.name!r}")
+            return self._write_outcome(
+                WriteStatus.INVALID, (), 0, f"w={request.w} is above N={n} of {definition.name!r}"
+            )
         level = Level(request.level)
         w = required_acks(level, n, request.w)
         preference = self.ring.preference_list(scoped_key(definition.name, request.key), n)
@@ -132,12 +134,12 @@ class NodeRuntime:
                 WriteStatus.UNAVAILABLE,
                 (),
                 w,
-                f"only {len(reachable)} of the key's {n} replicas are reachable and {w} must acknowledge; nothing was written",
+                f"only {len(reachable)} of the key's {n} replicas are reachable and {w} must acknowledge; "
+                "nothing was written",
             )
-        if request.idempotency_key or self.node_id not in preference:
-            target = reachable[0]
-        else:
-            target = self.node_id
+        # An idempotent write goes to the key's first reachable replica, where its outcome is kept.
+        forward = bool(request.idempotency_key) or self.node_id not in preference
+        target = reachable[0] if forward else self.node_id
         if target != self.node_id:
             return await self._forward(target, request, w)
         return await self._coordinate(definition, request, tuple(preference), w, n)
@@ -151,7 +153,10 @@ class NodeRuntime:
             got = await asyncio.wait_for(future, request.timeout_ms / 1000)
         except TimeoutError:
             return self._write_outcome(
-                WriteStatus.TIMEOUT, (), w, f"forwarded to replica {target}, which did not answer in time; outcome unknown"
+                WriteStatus.TIMEOUT,
+                (),
+                w,
+                f"forwarded to replica {target}, which did not answer in time; outcome unknown",
             )
         finally:
             self._pending.pop(rid, None)
@@ -201,7 +206,9 @@ class NodeRuntime:
         assert minted.timestamp is not None
         outcome = await self._replicate(definition, request, preference, w, n, minted.clock, minted.timestamp.encode())
         if request.idempotency_key:
-            await self.idempotency.put(request.idempotency_key, request.request_digest, definition.name, request.key, outcome)
+            await self.idempotency.put(
+                request.idempotency_key, request.request_digest, definition.name, request.key, outcome
+            )
         return outcome
 
     async def _replicate(
@@ -216,7 +223,14 @@ class NodeRuntime:
     ) -> WriteOutcome:
         rid = self._round_id()
         round_ = WriteRound(
-            rid, definition.name, request.key, self.node_id, preference, w, self._now_ms() + request.timeout_ms, request.durability
+            rid,
+            definition.name,
+            request.key,
+            self.node_id,
+            preference,
+            w,
+            self._now_ms() + request.timeout_ms,
+            request.durability,
         )
         finish = await self._run(round_, round_.start(clock))
         status = WriteStatus.OK if finish.status == "ok" else WriteStatus.TIMEOUT
@@ -250,7 +264,9 @@ class NodeRuntime:
         reachable = [node for node in preference if self.transport.is_reachable(node)]
         if len(reachable) < r:
             return self._read_outcome(
-                ReadStatus.UNAVAILABLE, r, f"only {len(reachable)} of the key's {n} replicas are reachable; {r} must answer"
+                ReadStatus.UNAVAILABLE,
+                r,
+                f"only {len(reachable)} of the key's {n} replicas are reachable; {r} must answer",
             )
         must_cover = version_of(request.context, skey) if level is Level.CAUSAL else None
         round_ = ReadRound(
@@ -288,7 +304,9 @@ class NodeRuntime:
 
     # --- listing and keyspaces -------------------------------------------------------------------
 
-    async def list_keys(self, keyspace: str, prefix: bytes, after: bytes | None, limit: int, timeout_ms: int) -> ListOutcome:
+    async def list_keys(
+        self, keyspace: str, prefix: bytes, after: bytes | None, limit: int, timeout_ms: int
+    ) -> ListOutcome:
         definition = await self.keyspaces.lookup(keyspace, timeout_ms)
         if definition is None:
             return ListOutcome(Outcome.NO_KEYSPACE.value, (), None, (), f"keyspace {keyspace!r} does not exist")
@@ -299,7 +317,11 @@ class NodeRuntime:
         reachable = [node for node in nodes if self.transport.is_reachable(node)]
         if len(reachable) < required:
             return ListOutcome(
-                Outcome.UNAVAILABLE.value, (), None, (), f"only {len(reachable)} nodes reachable; {required} needed to cover every key"
+                Outcome.UNAVAILABLE.value,
+                (),
+                None,
+                (),
+                f"only {len(reachable)} nodes reachable; {required} needed to cover every key",
             )
         sends: list[Effect] = [Send(node, ListKeys(round_.round_id, keyspace, prefix, after, limit)) for node in nodes]
         finish = await self._run(round_, sends)
@@ -321,7 +343,11 @@ class NodeRuntime:
         ownership = self.ring.ownership()
         return {
             "node": {"id": self.node_id, "ready": self._ready, "rounds_in_flight": len(self._pending)},
-            "ring": {"nodes": sorted(self.ring.nodes), "vnodes_per_node": self.ring.vnodes_per_node, "ownership": ownership},
+            "ring": {
+                "nodes": sorted(self.ring.nodes),
+                "vnodes_per_node": self.ring.vnodes_per_node,
+                "ownership": ownership,
+            },
             "peers": self.transport.status(),
         }
 
@@ -441,4 +467,3 @@ def _done(round_: WriteRound | ReadRound | ListRound | None) -> bool:
     if isinstance(round_, ReadRound):
         return round_.repaired
     return round_.finished
-

@@ -64,7 +64,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         with open(args.cluster_secret_file, encoding="utf-8") as f:
             secret = f.read().strip()
     if len(secret) < 16:
-        raise ConfigError(f"the cluster secret (env {SECRET_ENV} or --cluster-secret-file) must be at least 16 characters")
+        raise ConfigError(
+            f"the cluster secret (env {SECRET_ENV} or --cluster-secret-file) must be at least 16 characters"
+        )
     peers = parse_peers(args.peers)
     if args.node_id not in peers:
         peers[args.node_id] = args.peer_listen
@@ -85,8 +87,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-listen", default="127.0.0.1:7170", help="peer endpoint address HOST:PORT")
     parser.add_argument("--peers", default="", help="all nodes: ID=HOST:PEERPORT,... (this node may be included)")
     parser.add_argument("--data-dir", required=True, help="where the store keeps its files")
-    parser.add_argument("--cluster-secret-file", default="", help=f"file holding the cluster secret (else env {SECRET_ENV})")
-    parser.add_argument("--repair-wal", action="store_true", help="truncate the WAL at damage in its middle (drops records)")
+    parser.add_argument(
+        "--cluster-secret-file", default="", help=f"file holding the cluster secret (else env {SECRET_ENV})"
+    )
+    parser.add_argument(
+        "--repair-wal", action="store_true", help="truncate the WAL at damage in its middle (drops records)"
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -114,7 +120,9 @@ async def serve(config: NodeConfig) -> None:
         await transport.start()
         await runtime.start()
         await web.TCPSite(client_runner, *config.listen).start()
-        log.info("node %s serving clients on %s:%d, peers on %s:%d", config.node_id, *config.listen, *config.peer_listen)
+        log.info(
+            "node %s serving clients on %s:%d, peers on %s:%d", config.node_id, *config.listen, *config.peer_listen
+        )
         await stop.wait()
     finally:
         log.info("node %s stopping", config.node_id)

@@ -196,7 +196,7 @@ class SimDisk:
     def listdir(self, path: str) -> list[str]:
         with self.lock:
             prefix = path.rstrip("/") + "/"
-            return sorted(p[len(prefix):] for p in self._names if p.startswith(prefix) and "/" not in p[len(prefix):])
+            return sorted(p[len(prefix) :] for p in self._names if p.startswith(prefix) and "/" not in p[len(prefix) :])
 
     def exists(self, path: str) -> bool:
         with self.lock:

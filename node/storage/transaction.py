@@ -132,9 +132,7 @@ class WalTransaction:
 
     # --- writes --------------------------------------------------------------------------------
 
-    async def put(
-        self, key: bytes, value: bytes, content_type: str = DEFAULT_CONTENT_TYPE, meta: bytes = b""
-    ) -> None:
+    async def put(self, key: bytes, value: bytes, content_type: str = DEFAULT_CONTENT_TYPE, meta: bytes = b"") -> None:
         self._check_open()
         check_key(key, self._store.limits)
         check_record(value, content_type, meta, self._store.limits)
