@@ -30,6 +30,7 @@ from cluster.store import (
     ScanPage,
     Store,
     StoreClosed,
+    StoreFailed,
 )
 from node.storage.checkpoint import LoadedCheckpoint, remove_old_checkpoints, write_checkpoint
 from node.storage.disk import Disk, OsDisk, join
@@ -264,8 +265,12 @@ class WalStore:
                 continue
             try:
                 await self.checkpoint()
+            except StoreFailed:
+                log.error("the write-ahead log has failed; no more checkpoints until the store is reopened")
+                return
             except OSError:
-                # The WAL still holds everything; a failed checkpoint only delays log truncation.
+                # Writing the checkpoint file failed, the log did not: it still holds everything,
+                # so a failed checkpoint only delays log truncation.
                 self.stats.checkpoint_failures += 1
                 log.exception("checkpoint failed; will retry")
             last = loop.time()

@@ -129,11 +129,22 @@ class WalWriter:
 
     async def rotate(self) -> None:
         """Start a new segment at the next LSN written (used before a checkpoint)."""
-        await self._in_writer(self._rotate)
+        await self._guarded(self._rotate)
 
     async def drop_segments_through(self, lsn: int) -> list[int]:
         """Remove every non-active segment whose records all have LSN <= `lsn`."""
-        return await self._in_writer(self._drop_segments_through, lsn)
+        return await self._guarded(self._drop_segments_through, lsn)
+
+    async def _guarded(self, fn: Callable[..., T], *args: object) -> T:
+        """Run log maintenance; an I/O error in it fails the log like one in a commit would
+        (rotation fsyncs the old segment: after a failed fsync nothing written can be trusted)."""
+        if self._failed is not None:
+            raise StoreFailed(f"the write-ahead log failed earlier: {self._failed}")
+        try:
+            return await self._in_writer(fn, *args)
+        except OSError as exc:
+            self._fail(exc, [])
+            raise
 
     async def close(self) -> None:
         if self._closed:
