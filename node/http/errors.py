@@ -1,0 +1,170 @@
+"""Operating errors at the HTTP edge: one typed exception, stable codes, and how a structured
+body (error or not) is rendered as JSON or msgpack.
+
+Rules:
+- Every code a client can see is in `CODES`; codes are stable, messages are for people and name
+  the parameter, header or limit at fault.
+- A known coordinator status always maps to a 4xx/5xx here (never to 500); 500 `internal` is only
+  for an exception nobody expected, and it is logged.
+- 503 means "surely not written"; 504 means "outcome unknown" (Jepsen's indeterminate operation).
+"""
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import msgpack
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+
+# Stable error codes, with the status each one is sent with (the OpenAPI document enumerates them).
+CODES: dict[str, int] = {
+    "unknown_parameter": 400,
+    "duplicate_parameter": 400,
+    "invalid_consistency": 400,
+    "invalid_replica_count": 400,
+    "invalid_timeout": 400,
+    "invalid_durability": 400,
+    "invalid_prefix": 400,
+    "invalid_limit": 400,
+    "invalid_cursor": 400,
+    "invalid_keyspace_name": 400,
+    "invalid_key": 400,
+    "invalid_context": 400,
+    "invalid_if_none_match": 400,
+    "invalid_idempotency_key": 400,
+    "invalid_content_type": 400,
+    "invalid_body": 400,
+    "invalid_keyspace_definition": 400,
+    "invalid_request": 400,
+    "bad_request": 400,
+    "key_not_found": 404,
+    "keyspace_not_found": 404,
+    "route_not_found": 404,
+    "method_not_allowed": 405,
+    "keyspace_conflict": 409,
+    "siblings_limit": 409,
+    "precondition_failed": 412,
+    "key_too_large": 413,
+    "value_too_large": 413,
+    "body_too_large": 413,
+    "unsupported_media_type": 415,
+    "idempotency_mismatch": 422,
+    "internal": 500,
+    "unavailable": 503,
+    "not_ready": 503,
+    "timeout": 504,
+    "replica_failed": 504,
+}
+
+
+class HttpError(Exception):
+    """A request the edge answers with an error body; `extra` fields sit beside `error`."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        extra: Mapping[str, object] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        assert code in CODES, f"unregistered error code {code!r}"
+        super().__init__(message)
+        self.status = CODES[code]
+        self.code = code
+        self.message = message
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+
+def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    ranges: list[tuple[str, float]] = []
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # an unreadable weight must not win over a readable one
+        if media:
+            ranges.append((media.lower(), q))
+    return ranges
+
+
+def negotiate(accept: str | None, offers: Sequence[str]) -> str:
+    """The best of `offers` for an Accept header; the first offer when nothing matches, since a
+    client that asks for nothing we serve is better served JSON than a 406."""
+    assert offers
+    if not accept:
+        return offers[0]
+    weights = dict(_media_ranges(accept))
+    best, best_q = offers[0], 0.0
+    for offer in offers:
+        kind = offer.split("/")[0]
+        # RFC 9110 §12.5.1: the most specific range that matches an offer gives its weight.
+        q = weights.get(offer, weights.get(f"{kind}/*", weights.get("*/*", 0.0)))
+        if q > best_q:
+            best, best_q = offer, q
+    return best
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    return negotiate(request.headers.get("Accept"), (JSON, MSGPACK)) == MSGPACK
+
+
+def encode_structured(body: object, media: str) -> bytes:
+    if media == MSGPACK:
+        return bytes(msgpack.packb(body, use_bin_type=True))
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def structured_response(
+    request: web.Request, status: int, body: object, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    media = MSGPACK if wants_msgpack(request) else JSON
+    out = dict(headers or {})
+    out["Content-Type"] = media
+    return web.Response(status=status, body=encode_structured(body, media), headers=out)
+
+
+def error_response(request: web.Request, error: HttpError) -> web.Response:
+    body: dict[str, object] = {"error": {"code": error.code, "message": error.message}}
+    body.update(error.extra)
+    response = structured_response(request, error.status, body, error.headers)
+    if error.status == 413:
+        # The body was not read; closing is cheaper than keeping a connection whose next
+        # request would start in the middle of an unread body.
+        response.force_close()
+    return response
+
+
+_HTTP_EXCEPTION_CODES = {400: "bad_request", 404: "route_not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HttpError as error:
+        return error_response(request, error)
+    except web.HTTPException as exc:
+        code = _HTTP_EXCEPTION_CODES.get(exc.status)
+        if code is None:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        message = f"{request.method} {request.path}: {exc.reason}"
+        return error_response(request, HttpError(code, message, headers=headers))
+    except Exception:
+        # Nothing the client sent should get here (tests/unit/test_http_api.py tries); log it.
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error_response(request, HttpError("internal", "internal error; the node logged it"))
