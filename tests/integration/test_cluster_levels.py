@@ -17,7 +17,7 @@ import pytest_asyncio
 from tests.integration.harness import LocalCluster, until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_openapi import Recorded, conformance_problems  # noqa: E402
+from test_openapi import Recorded, conformance_problems
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
