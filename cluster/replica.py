@@ -11,6 +11,7 @@ so a mint or a merge never loses a concurrent one, and the store's own locks nev
 """
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -154,6 +155,16 @@ class Replica:
     async def read(self, keyspace: str, key: bytes) -> bytes | None:
         record = await self.store.get(scoped_key(keyspace, key))
         return None if record is None else record.value
+
+    async def digest(
+        self, keyspace: str, after: bytes | None, limit: int
+    ) -> tuple[list[tuple[bytes, str]], bytes | None]:
+        """(key, digest of the stored clock) for this replica's keys of `keyspace`, tombstones too."""
+        base = scoped_key(keyspace, b"")
+        page = await self.store.scan(base, None if after is None else base + after, limit)
+        entries = [(skey[len(base) :], hashlib.sha256(record.value).hexdigest()[:32]) for skey, record in page.items]
+        cursor = None if page.cursor is None else page.cursor[len(base) :]
+        return entries, cursor
 
     async def list_keys(
         self, keyspace: str, prefix: bytes, after: bytes | None, limit: int

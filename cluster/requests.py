@@ -181,6 +181,15 @@ class Coordinator(Protocol):
 
     async def list_keyspaces(self) -> list[KeyspaceDef]: ...
 
+    async def replica_digest(
+        self, keyspace: str, after: bytes | None, limit: int
+    ) -> tuple[list[tuple[bytes, str]], bytes | None] | None:
+        """This node's own replica of `keyspace` (tombstones included), as (key, digest of the
+        stored clock) in key order, and the cursor of the next page; None: no such keyspace.
+        Reads only the local store: no round, no read repair (the convergence checker needs to
+        see replicas as they are)."""
+        ...
+
     def status(self) -> dict[str, object]:
         """This node, the ring and the peers, JSON-ready."""
         ...

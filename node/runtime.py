@@ -339,6 +339,13 @@ class NodeRuntime:
     async def list_keyspaces(self) -> list[KeyspaceDef]:
         return await self.keyspaces.all()
 
+    async def replica_digest(
+        self, keyspace: str, after: bytes | None, limit: int
+    ) -> tuple[list[tuple[bytes, str]], bytes | None] | None:
+        if await self.keyspaces.lookup(keyspace, REQUEST_DEFAULTS.request_timeout_ms_default) is None:
+            return None
+        return await self.replica.digest(keyspace, after, limit)
+
     def status(self) -> dict[str, object]:
         ownership = self.ring.ownership()
         return {

@@ -217,6 +217,23 @@ class _ClientApi:
         cursor = None if outcome.cursor is None else parse.encode_cursor(outcome.cursor)
         return structured_response(request, 200, {"keyspace": query.keyspace, "keys": keys, "cursor": cursor}, headers)
 
+    async def replica_digest(self, request: web.Request) -> web.StreamResponse:
+        """This node's own replica of a keyspace, for convergence checks (no read repair)."""
+        query = parse.parse_list(request, self.limits)
+        if query.prefix:
+            raise HttpError("unknown_parameter", "prefix is not supported here; page with cursor")
+        got = await self.coordinator.replica_digest(query.keyspace, query.after, query.limit)
+        if got is None:
+            raise HttpError("keyspace_not_found", f"no keyspace named {query.keyspace!r}")
+        entries, cursor = got
+        body = {
+            "node": self.coordinator.node_id,
+            "keyspace": query.keyspace,
+            "entries": [[key.decode("utf-8", "replace"), digest] for key, digest in entries],
+            "cursor": None if cursor is None else parse.encode_cursor(cursor),
+        }
+        return structured_response(request, 200, body)
+
     # --- Keyspaces. ---
 
     async def put_keyspace(self, request: web.Request) -> web.StreamResponse:
@@ -337,6 +354,7 @@ def build_client_app(coordinator: Coordinator, *, limits: RequestDefaults = REQU
     router.add_route("GET", "/health/live", api.health_live)
     router.add_route("GET", "/health/ready", api.health_ready)
     router.add_route("GET", "/v1/status", api.status)
+    router.add_route("GET", "/v1/replica/{keyspace}", api.replica_digest)
     router.add_route("GET", "/metrics", api.metrics_text)
     router.add_route("GET", "/v1/openapi.json", api.openapi)
     return app

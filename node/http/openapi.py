@@ -212,6 +212,13 @@ def _schemas(limits: RequestDefaults) -> dict[str, Schema]:
             "live": {"type": "boolean"}, "ready": {"type": "boolean"}, "node": {"type": "string"},
         }, ["status", "live", "ready", "node"]),
         "Status": {"type": "object", "description": "this node, the ring and the peers, as the runtime reports them"},
+        "ReplicaDigest": _object({
+            "node": {"type": "string"}, "keyspace": name,
+            "entries": {"type": "array", "maxItems": limits.list_page_max,
+                        "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "string"}},
+                        "description": "[key, digest of the stored clock], in key order, tombstones included"},
+            "cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page; null: done"},
+        }, ["node", "keyspace", "entries", "cursor"]),
     }  # fmt: skip
 
 
@@ -285,6 +292,13 @@ def _paths(limits: RequestDefaults) -> dict[str, Schema]:
         "/health": _health_op("health", "readiness, with liveness in the body", can_fail=True),
         "/health/live": _health_op("healthLive", "liveness: the process answers", can_fail=False),
         "/health/ready": _health_op("healthReady", "readiness: the node serves requests", can_fail=True),
+        "/v1/replica/{keyspace}": {"get": _operation(
+            "replicaDigest", "this node's own replica of a keyspace (no read repair), for convergence checks",
+            ["keyspace", "limit", "cursor", "timeout_ms"], {
+                "200": _structured("a page of (key, digest)", _ref("schemas", "ReplicaDigest")),
+                "400": _error("a bad parameter or keyspace name"),
+                "404": _error("no such keyspace (`keyspace_not_found`)"),
+            })},
         "/v1/status": {"get": _operation("status", "this node, the ring, the peers", [],
                                          {"200": _structured("status", _ref("schemas", "Status"))})},
         "/metrics": {"get": _operation("metrics", "Prometheus metrics", [], {"200": metrics})},

@@ -4,6 +4,7 @@ Every response these tests receive is also checked against the OpenAPI document 
 """
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -230,3 +231,16 @@ async def test_bad_input_gets_the_right_4xx_naming_the_problem_and_writes_nothin
     assert status == 200 and b'"k"' not in listing and b'"kkkk' not in listing
     status, _, _ = await http.request("GET", f"{cluster.node('n3').url}/v1/keyspaces/newks")
     assert status == 404
+
+
+async def test_replica_digests_are_identical_after_a_write_at_all(cluster: LocalCluster, http: Http) -> None:
+    url = f"{cluster.node('n1').url}/v1/keyspaces/digests"
+    await http.request("PUT", url, data=b'{"n": 3}', headers={"Content-Type": "application/json"})
+    await http.request("PUT", kv(cluster, "n1", "digest-me", "consistency=all", "digests"), data=b"x")
+    pages = []
+    for node in ("n1", "n2", "n3"):
+        status, _, body = await http.request("GET", f"{cluster.node(node).url}/v1/replica/digests?limit=1000")
+        assert status == 200, body
+        pages.append(json.loads(body)["entries"])
+    assert pages[0] == pages[1] == pages[2]
+    assert [key for key, _ in pages[0]] == ["digest-me"]
