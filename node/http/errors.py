@@ -55,6 +55,7 @@ CODES: dict[str, int] = {
     "unsupported_media_type": 415,
     "idempotency_mismatch": 422,
     "internal": 500,
+    "not_implemented": 501,
     "unavailable": 503,
     "not_ready": 503,
     "timeout": 504,

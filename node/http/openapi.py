@@ -84,6 +84,7 @@ def _kv_responses(reads: bool, writes: bool) -> dict[str, Schema]:
         ),
         "413": _error("the key or the value is over its limit; the body was not read", edge),
         "500": _error("an unexpected failure of this node (code `internal`)"),
+        "501": _error("`consistency=linearizable` is not built yet (`not_implemented`); nothing was done", edge),
         "503": _error(
             "too few replicas were reachable before the request started; a write surely did not happen", full
         ),

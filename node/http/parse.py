@@ -29,6 +29,8 @@ from node.http.errors import HttpError
 
 LEVELS = tuple(level.value for level in Level)
 DEFAULT_LEVEL = Level.QUORUM.value
+# Levels on the roadmap (CASPaxos per key, then Percolator-style transactions): a clear 501.
+PLANNED_LEVELS = ("linearizable", "serializable")
 DURABILITIES = ("fsync", "async")
 RESOLUTIONS = tuple(resolution.value for resolution in Resolution)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -80,6 +82,11 @@ def _integer(text: str, name: str, low: int, high: int, code: str) -> int:
 
 def parse_level(query: MultiMapping[str]) -> str:
     level = query.get("consistency", DEFAULT_LEVEL)
+    if level in PLANNED_LEVELS:
+        raise HttpError(
+            "not_implemented",
+            f"consistency={level} is not built yet; available now: {', '.join(LEVELS)}",
+        )
     if level not in LEVELS:
         raise HttpError("invalid_consistency", f"consistency must be one of {', '.join(LEVELS)}, not {_quote(level)}")
     return level

@@ -372,7 +372,7 @@ async def test_bad_delete_is_refused_before_coordination(
     [
         (f"{K}?w=1", {}, 400, "unknown_parameter"),
         (f"{K}?durability=fsync", {}, 400, "unknown_parameter"),
-        (f"{K}?consistency=linearizable", {}, 400, "invalid_consistency"),
+        (f"{K}?consistency=eventual", {}, 400, "invalid_consistency"),
         (f"{K}?r=0", {}, 400, "invalid_replica_count"),
         (f"{K}?r=10", {}, 400, "invalid_replica_count"),
         (f"{K}?timeout_ms=forever", {}, 400, "invalid_timeout"),
@@ -764,3 +764,10 @@ async def test_metrics_count_requests_by_route_method_status_and_level(api: Api)
 
 def test_every_error_code_has_a_4xx_or_5xx_status() -> None:
     assert all(400 <= status <= 599 for status in CODES.values())
+
+
+async def test_linearizable_is_not_built_yet_and_says_so_with_501(api: Api) -> None:
+    reply = await api.call("PUT", "/v1/kv/default/k?consistency=linearizable", b"x")
+    assert reply.status == 501 and reply.json()["error"]["code"] == "not_implemented"
+    assert "linearizable" in reply.json()["error"]["message"]
+    assert api.fake.writes == []
