@@ -80,6 +80,8 @@ def load_checkpoint(disk: Disk, directory: str, lsn: int) -> LoadedCheckpoint:
         )
     items: list[tuple[bytes, Record]] = []
     count: int | None = None
+    # Most records share a few content types: keep one string object per type (memory per key).
+    content_types: dict[str, str] = {}
     for frame in scan.frames:
         if frame.lsn != lsn:
             raise CheckpointCorrupt(f"checkpoint {path} holds a chunk of LSN {frame.lsn}, expected {lsn}")
@@ -87,7 +89,7 @@ def load_checkpoint(disk: Disk, directory: str, lsn: int) -> LoadedCheckpoint:
             raise CheckpointCorrupt(f"checkpoint {path} has data after its trailer (offset {frame.offset})")
         if frame.rtype == RecordType.CHECKPOINT_CHUNK:
             for key, value, ctype, meta, version in msgpack.unpackb(frame.payload, raw=False, use_list=False):
-                items.append((key, Record(value, ctype, meta, version)))
+                items.append((key, Record(value, content_types.setdefault(ctype, ctype), meta, version)))
         elif frame.rtype == RecordType.CHECKPOINT_END:
             (count,) = msgpack.unpackb(frame.payload)
         else:

@@ -21,8 +21,6 @@ asyncio driver (node.storage.transaction) turns "queued" into a future and a tim
 import enum
 from dataclasses import dataclass
 
-from sortedcontainers import SortedDict
-
 
 class LockMode(enum.Enum):
     SHARED = "S"
@@ -85,7 +83,8 @@ class LockManager:
     def __init__(self) -> None:
         self._next_request_id = 1
         # Granted locks, indexed for conflict checks: per key, and the (few) ranges.
-        self._key_holders: SortedDict = SortedDict()  # bytes -> dict[txn, LockMode]
+        # A plain dict: point lookups are the hot path; a range request scans the (few) locked keys.
+        self._key_holders: dict[bytes, dict[int, LockMode]] = {}
         self._range_holders: dict[RangeLock, dict[int, LockMode]] = {}
         self._held: dict[int, dict[Resource, LockMode]] = {}
         # Waiting requests in arrival order (dicts keep insertion order); one per transaction.
@@ -176,10 +175,11 @@ class LockManager:
                 if txn != req.txn and not _compatible(held, mode):
                     blockers.add(txn)
         else:
-            for key in self._key_holders.irange(res.lo, res.hi, inclusive=(True, False)):
-                for txn, held in self._key_holders[key].items():
-                    if txn != req.txn and not _compatible(held, mode):
-                        blockers.add(txn)
+            for key, holders in self._key_holders.items():
+                if res.contains(key):
+                    for txn, held in holders.items():
+                        if txn != req.txn and not _compatible(held, mode):
+                            blockers.add(txn)
         for rng, holders in self._range_holders.items():
             if _overlap(rng, res):
                 for txn, held in holders.items():

@@ -17,7 +17,6 @@ state (the memtable); it reads the last committed value instead of waiting for a
 PostgreSQL's READ COMMITTED does. All writes of a transaction leave as ONE commit record.
 """
 
-import asyncio
 import heapq
 from collections.abc import Iterator
 from itertools import islice
@@ -204,22 +203,23 @@ class WalTransaction:
         self._state = _COMMITTING
         ops = list(self._writes.values())
         memtable = self._store.memtable
+
+        def written(lsn: int) -> None:
+            # Apply, then release the locks: no one can slip between the log and the state. This
+            # runs even if the committing task was cancelled: the commit goes on regardless.
+            memtable.apply(lsn, ops)
+            self._finish()
+
         try:
             future = self._store.wal.append(
-                RecordType.COMMIT,
-                encode_commit(ops),
-                self._durability,
-                on_written=lambda lsn: memtable.apply(lsn, ops),
+                RecordType.COMMIT, encode_commit(ops), self._durability, written, lambda _exc: self._finish()
             )
         except BaseException:
             # The log refused the record (failed or closed): nothing was written; abort.
             self._state = _OPEN
             self._finish()
             raise
-        # The commit goes on even if this task is cancelled; locks are released only after the
-        # writes are applied, so no one can slip between the log and the state.
-        future.add_done_callback(lambda _f: self._finish())
-        return await asyncio.shield(future)
+        return await future
 
     async def rollback(self) -> None:
         if self._state == _OPEN:

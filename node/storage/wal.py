@@ -1,8 +1,8 @@
 """The write-ahead log writer: one writer thread, segment files, group commit.
 
-Commits are queued on the event loop and given consecutive LSNs; a flusher task hands whatever
-has queued to the writer thread as ONE write(2) and, if any commit in the batch asked for `fsync`
-durability, ONE fdatasync. Commits that arrive while a batch is on disk form the next batch, so
+Commits are queued on the event loop and given consecutive LSNs; once per loop iteration
+whatever has queued goes to the writer thread as ONE write(2) and, if any commit in the batch
+asked for `fsync` durability, ONE fdatasync. Commits that arrive while a batch is on disk form the next batch, so
 concurrent committers share fsyncs (group commit, as in PostgreSQL's commit_delay-free group
 flush and RocksDB's write groups). The fsync never runs on the event loop.
 
@@ -19,6 +19,7 @@ Ordering rules (as etcd/raft states them for its Ready batch):
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -52,6 +53,7 @@ class _Pending:
     durability: Durability
     future: "asyncio.Future[int]"
     on_written: Callable[[int], None] | None
+    on_failed: Callable[[BaseException], None] | None
 
 
 @dataclass
@@ -81,7 +83,10 @@ class WalWriter:
         self._segment_bytes = segment_bytes
         self._flush_interval_s = async_flush_interval_ms / 1000
         self._pending: list[_Pending] = []
-        self._wake = asyncio.Event()
+        self._in_flight = False  # a batch is with the writer thread
+        self._kick_scheduled = False
+        self._drained = asyncio.Event()
+        self._loop = asyncio.get_event_loop()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="titra-wal")
         self._file: FileHandle | None = None
         self._active_bytes = 0
@@ -91,7 +96,6 @@ class WalWriter:
         self._closed = False
         self.stats = WalStats()
         self.bytes_since_checkpoint = 0
-        self._flusher: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
 
     @property
@@ -103,9 +107,8 @@ class WalWriter:
         return list(self._segments)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open_active)
-        self._flusher = asyncio.create_task(self._flush_loop(), name="titra-wal-flusher")
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._executor, self._open_active)
         self._syncer = asyncio.create_task(self._sync_loop(), name="titra-wal-syncer")
 
     def append(
@@ -114,17 +117,26 @@ class WalWriter:
         payload: bytes,
         durability: Durability,
         on_written: Callable[[int], None] | None = None,
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> "asyncio.Future[int]":
-        """Queue one record; the future resolves to its LSN once it is as durable as asked."""
+        """Queue one record; the future resolves to its LSN once it is as durable as asked.
+
+        `on_written(lsn)` runs on the event loop in LSN order once the record is written (and
+        synced if asked), even if the awaiting task was cancelled; `on_failed(exc)` runs instead
+        when the log fails before that."""
         if self._failed is not None:
             raise StoreFailed(f"the write-ahead log failed earlier and refuses writes: {self._failed}")
         if self._closed:
             raise StoreClosed("the store is closed")
         lsn = self._next_lsn
         self._next_lsn += 1
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(lsn, encode_frame(lsn, rtype, payload), durability, future, on_written))
-        self._wake.set()
+        future: asyncio.Future[int] = self._loop.create_future()
+        frame = encode_frame(lsn, rtype, payload)
+        self._pending.append(_Pending(lsn, frame, durability, future, on_written, on_failed))
+        if not self._kick_scheduled and not self._in_flight:
+            # One hand-off per loop iteration: every commit queued in this iteration joins it.
+            self._kick_scheduled = True
+            self._loop.call_soon(self._kick)
         return future
 
     async def rotate(self) -> None:
@@ -150,9 +162,11 @@ class WalWriter:
         if self._closed:
             return
         self._closed = True
-        self._wake.set()
-        if self._flusher is not None:
-            await self._flusher
+        while self._in_flight or self._pending:
+            self._drained.clear()
+            if not self._in_flight:
+                self._kick()
+            await self._drained.wait()
         if self._syncer is not None:
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,30 +181,36 @@ class WalWriter:
     async def _in_writer(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closed:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch, self._pending = self._pending, []
-            data = b"".join(p.frame for p in batch)
-            sync = any(p.durability is Durability.FSYNC for p in batch)
-            try:
-                await self._in_writer(self._write, data, batch[0].lsn, batch[-1].lsn, sync)
-            except OSError as exc:
-                self._fail(exc, batch)
-                return
+    def _kick(self) -> None:
+        """Hand everything queued to the writer thread as one batch, unless one is on disk."""
+        self._kick_scheduled = False
+        if self._in_flight or not self._pending or self._failed is not None:
+            return
+        batch, self._pending = self._pending, []
+        data = b"".join(p.frame for p in batch)
+        sync = any(p.durability is Durability.FSYNC for p in batch)
+        self._in_flight = True
+        done = self._loop.run_in_executor(self._executor, self._write, data, batch[0].lsn, batch[-1].lsn, sync)
+        done.add_done_callback(functools.partial(self._batch_done, batch, len(data)))
+
+    def _batch_done(self, batch: list[_Pending], size: int, done: "asyncio.Future[None]") -> None:
+        self._in_flight = False
+        exc = done.exception()
+        if exc is not None:
+            self._fail(exc, batch)
+        else:
             self.stats.commits += len(batch)
             self.stats.batches += 1
-            self.bytes_since_checkpoint += len(data)
+            self.bytes_since_checkpoint += size
             for p in batch:
                 if p.on_written is not None:
                     p.on_written(p.lsn)
                 if not p.future.done():
                     p.future.set_result(p.lsn)
+            # Commits that queued while this batch was on disk form the next one (group commit).
+            self._kick()
+        if not self._in_flight:
+            self._drained.set()
 
     async def _sync_loop(self) -> None:
         """Bound the loss window of `async` commits by syncing at least every interval."""
@@ -206,6 +226,8 @@ class WalWriter:
         self._failed = exc
         pending, self._pending = [*batch, *self._pending], []
         for p in pending:
+            if p.on_failed is not None:
+                p.on_failed(exc)
             if not p.future.done():
                 p.future.set_exception(
                     StoreFailed(f"write-ahead log I/O error; the outcome of commit {p.lsn} is unknown: {exc}")
