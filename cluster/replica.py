@@ -13,7 +13,7 @@ so a mint or a merge never loses a concurrent one, and the store's own locks nev
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
@@ -51,10 +51,14 @@ def wall_ms() -> int:
 
 
 class Replica:
-    def __init__(self, node_id: str, store: Store, clock: HybridClock) -> None:
+    def __init__(
+        self, node_id: str, store: Store, clock: HybridClock, wall: Callable[[], int] = wall_ms
+    ) -> None:
         self.node_id = node_id
         self.store = store
         self.clock = clock
+        # Wall-clock milliseconds; a simulator passes its virtual clock here.
+        self.wall = wall
         self._key_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
@@ -85,7 +89,7 @@ class Replica:
         if newest is not None and newest > self.clock.last:
             # A value from a clock far ahead is stored, but does not drag ours along.
             with suppress(ClockDriftError):
-                self.clock.observe(newest, wall_ms())
+                self.clock.observe(newest, self.wall())
 
     async def mint(
         self,
@@ -115,7 +119,7 @@ class Replica:
                 # fetches the object's clock first; a blind tombstone would only become a sibling.
                 context = dvv.join(local)
             self._observe(local)
-            stamp = self.clock.now(wall_ms())
+            stamp = self.clock.now(self.wall())
             sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
             updated = resolve(
                 dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id), resolution

@@ -32,7 +32,7 @@ from cluster.messages import (
     ReplicaRead,
     ReplicaReadReply,
 )
-from cluster.replica import Replica, wall_ms
+from cluster.replica import Replica
 from cluster.requests import (
     ContextEntry,
     KeyspaceDef,
@@ -294,7 +294,7 @@ class NodeRuntime:
             siblings,
             dvv.join(merged) if merged is not None else VersionVector(),
             deps,
-            self.replica.clock.now(wall_ms()).encode(),
+            self.replica.clock.now(self.replica.wall()).encode(),
             achieved_level(len(finish.replicas), n),
             "",
         )
