@@ -216,6 +216,48 @@ assert 0 < CLIENT_DEFAULTS.local_poll_interval_ms < CLIENT_DEFAULTS.local_ready_
 assert CLIENT_DEFAULTS.local_stop_timeout_ms > 0
 
 
+@dataclass(frozen=True, slots=True)
+class BenchDefaults:
+    """`titra bench cluster`: Titra against etcd, both driven by wrk (cluster/bench_cluster.py)."""
+
+    duration_s_default: int = 10
+    duration_s_max: int = 600
+    # Connections (clients) of one data point, across all nodes of a cluster.
+    clients_max: int = 1_024
+    value_bytes: int = 256
+    # The load picks keys at random from this many, all written in the preload; each key is one
+    # string constant in wrk's Lua script, and LuaJIT allows 65,536 constants per function.
+    key_space_count: int = 1_000
+    # Requests in flight during the preload (the whole key space, once, into each system).
+    preload_concurrency: int = 32
+    # wrk gives up on a request after this long (its default, 2 s, is below Titra's own 5 s
+    # request timeout, so a slow write would be counted as a socket timeout, not Titra's 504).
+    wrk_timeout_ms: int = 10_000
+    # Client and peer ports of both clusters come from one block found free in this range,
+    # below Linux's ephemeral range (32768..), where wrk's own connections get their ports.
+    port_range_first: int = 20_000
+    port_range_last: int = 32_000
+    port_search_attempts: int = 50
+    etcd_ready_timeout_ms: int = 30_000
+    # A leader stepping down may take a few election timeouts before it exits after SIGTERM.
+    etcd_stop_timeout_ms: int = 10_000
+    poll_interval_ms: int = 100
+
+
+BENCH_DEFAULTS = BenchDefaults()
+
+assert 0 < BENCH_DEFAULTS.duration_s_default <= BENCH_DEFAULTS.duration_s_max
+assert 0 < BENCH_DEFAULTS.value_bytes <= REQUEST_DEFAULTS.value_bytes_max
+assert 0 < BENCH_DEFAULTS.key_space_count <= 30_000, "two Lua string constants per key must fit in 65,536"
+assert BENCH_DEFAULTS.wrk_timeout_ms > REQUEST_DEFAULTS.request_timeout_ms_default, (
+    "wrk must wait long enough to see Titra's own timeout answer (504)"
+)
+assert BENCH_DEFAULTS.port_range_last + 2 * CLIENT_DEFAULTS.local_peer_port_offset < 32_768, (
+    "benchmark ports (client block + peer block) must stay below the ephemeral port range"
+)
+assert 0 < BENCH_DEFAULTS.poll_interval_ms < BENCH_DEFAULTS.etcd_ready_timeout_ms
+
+
 def all_limits() -> dict[str, dict[str, int]]:
     """Every limit and default, by group, for `titra limits` and the docs."""
     return {
@@ -226,4 +268,24 @@ def all_limits() -> dict[str, dict[str, int]]:
         "request_defaults": asdict(REQUEST_DEFAULTS),
         "peer_defaults": asdict(PEER_DEFAULTS),
         "client_defaults": asdict(CLIENT_DEFAULTS),
+        "bench_defaults": asdict(BENCH_DEFAULTS),
     }
+
+
+def limits_markdown() -> str:
+    """docs/limits.md's tables, generated from the dataclasses above (a test keeps them equal)."""
+    lines: list[str] = []
+    for group, values in all_limits().items():
+        instance = globals()[group.upper()]
+        doc = " ".join((type(instance).__doc__ or "").split())
+        lines += [f"## `{group}`", "", doc, "", "| name | value |", "|---|---|"]
+        lines += [
+            f"| `{name}` | {value:_} |" if isinstance(value, int) else f"| `{name}` | {value} |"
+            for name, value in values.items()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(limits_markdown())
