@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from cluster import local
+from cluster import bench_cluster, local
 from cluster.client import (
     DEFAULT_ENDPOINT,
     OCTET_STREAM,
@@ -208,7 +208,7 @@ def _print_tree(value: object, depth: int = 0) -> None:
                 print(f"{pad}{name:<{max(1, 24 - len(pad))}} {json.dumps(item) if item in ([], {}) else item}")
     elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
         columns = list(dict.fromkeys(column for item in value for column in item))
-        table = [columns, *([str(item.get(column, "")) for column in columns] for item in value)]
+        table = [columns, *([_cell(item.get(column, "")) for column in columns] for item in value)]
         widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
         for row in table:
             print(pad + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -219,7 +219,14 @@ def _print_tree(value: object, depth: int = 0) -> None:
         print(f"{pad}{value}")
 
 
+def _cell(value: object) -> str:
+    """A table cell: `-` for no value (a member's own `last_seen_ms_ago`, say)."""
+    return "-" if value is None else str(value)
+
+
 def _status(args: argparse.Namespace, client: Client) -> int:
+    """The node's status document; `membership.members` prints as a table, one row per member with
+    its status (alive / suspect / down, by the phi-accrual detector) and phi."""
     document = client.status()
     if args.json:
         print(json.dumps(document))
@@ -390,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.set_defaults(func=_limits)
     _add_remote_commands(sub)
     _add_local_commands(sub)
+    bench_cluster.add_command(sub)
     return parser
 
 

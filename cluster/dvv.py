@@ -176,17 +176,18 @@ def new_with_context(context: VersionVector, value: V) -> Write[V]:
     return Write(value, context)
 
 
-def update(write: Write[V], clock: DVVSet[V], node_id: str) -> DVVSet[V]:
+def update(write: Write[V], clock: DVVSet[V], node_id: str, first_counter: int = 1) -> DVVSet[V]:
     """The coordinator `node_id` applies `write` to its local `clock` and mints the next dot.
 
     The context joins the history as entries without values, so the merge drops exactly the
     values the client had seen (DVVSet's update in Almeida et al.); values it had not seen stay.
+    `first_counter` is the dot when the clock holds no entry of `node_id` yet (see Replica.mint).
     """
     context: DVVSet[V] = DVVSet(tuple(Entry(node, counter) for node, counter in write.context.counters))
     merged = {entry.node: entry for entry in sync(clock, context).entries}
     own = merged.get(node_id)
     if own is None:
-        merged[node_id] = Entry(node_id, 1, (write.value,))
+        merged[node_id] = Entry(node_id, first_counter, (write.value,))
     elif own.counter >= COUNTER_MAX:
         raise ClockOverflowError(f"node {node_id!r} has no dot left after {own.counter}")
     else:

@@ -258,6 +258,118 @@ assert BENCH_DEFAULTS.port_range_last + 2 * CLIENT_DEFAULTS.local_peer_port_offs
 assert 0 < BENCH_DEFAULTS.poll_interval_ms < BENCH_DEFAULTS.etcd_ready_timeout_ms
 
 
+@dataclass(frozen=True, slots=True)
+class MembershipDefaults:
+    """Gossip membership and phi-accrual failure detection (cluster/membership.py, cluster/failure_detector.py)."""
+
+    # Each node bumps its heartbeat and gossips this often. Cassandra gossips every 1 s; Titra's
+    # clusters are small (ring nodes_max), so a quarter of that buys conviction in ~4.6 s instead of
+    # ~18 s, for a digest of at most nodes_max entries (~40 bytes each) per message.
+    gossip_interval_ms: int = 250
+    # Peers gossiped to per round (push-pull): news reaches every node in O(log N) rounds.
+    gossip_fanout: int = 3
+    # Members one node tracks, learned by gossip included.
+    members_max: int = 512
+    # Phi thresholds (Hayashibara et al. 2004). Cassandra's phi_convict_threshold defaults to 8:
+    # with exponential inter-arrivals, silence of 8 * ln 10 = 18.4 mean intervals.
+    phi_suspect: int = 5
+    phi_convict: int = 8
+    # Inter-arrival samples kept per peer (Cassandra's window: 1,000).
+    arrival_window_count: int = 1_000
+    # A new window's first sample (Cassandra's fd_initial_value_ms: two gossip intervals), so a
+    # peer just met is judged by the nominal cadence, not by a single lucky interval.
+    bootstrap_interval_ms: int = 500
+    # Longer intervals are not recorded (Cassandra's fd_max_interval_ms): a pause or partition does
+    # not make the peer slower to convict for the next thousand heartbeats.
+    arrival_interval_ms_max: int = 2_000
+    # Floor of the mean interval: a burst of arrivals cannot make phi jump.
+    arrival_mean_ms_min: int = 250
+
+
+MEMBERSHIP_DEFAULTS = MembershipDefaults()
+
+assert 0 < MEMBERSHIP_DEFAULTS.gossip_interval_ms <= MEMBERSHIP_DEFAULTS.arrival_mean_ms_min, (
+    "heartbeats are produced once per gossip interval: a mean below it is an artefact of bursts"
+)
+assert 0 < MEMBERSHIP_DEFAULTS.gossip_fanout < MEMBERSHIP_DEFAULTS.members_max
+assert MEMBERSHIP_DEFAULTS.members_max <= RING_DEFAULTS.nodes_max, "gossip may not track more nodes than a ring holds"
+assert 0 < MEMBERSHIP_DEFAULTS.phi_suspect < MEMBERSHIP_DEFAULTS.phi_convict
+assert MEMBERSHIP_DEFAULTS.arrival_window_count > 0
+assert MEMBERSHIP_DEFAULTS.gossip_interval_ms <= MEMBERSHIP_DEFAULTS.bootstrap_interval_ms, (
+    "a peer just met must get at least one gossip interval of grace"
+)
+assert MEMBERSHIP_DEFAULTS.bootstrap_interval_ms <= MEMBERSHIP_DEFAULTS.arrival_interval_ms_max
+
+
+@dataclass(frozen=True, slots=True)
+class AntiEntropyDefaults:
+    """Anti-entropy with Merkle trees and tombstone purging (cluster/merkle.py, cluster/anti_entropy.py,
+    cluster/tombstones.py); every one can be overridden per node (TITRA_AE_* environment variables)."""
+
+    # Pause between two exchanges (one peer, one keyspace, a batch of shared ranges). Riak's AAE
+    # exchanges a partition every few seconds; Cassandra's repair is scheduled by the operator.
+    interval_ms: int = 10_000
+    # Leaves per (keyspace, ring range) tree are 2**depth (Cassandra's repair trees go to depth 20
+    # for a whole range; ours are per vnode range, 192 of them in a 3-node cluster).
+    merkle_depth: int = 10
+    merkle_depth_max: int = 16
+    # Tree levels descended per round trip: 2**4 child hashes per differing node and message.
+    levels_per_exchange: int = 4
+    # Ranges whose roots travel in one message.
+    ranges_per_exchange_max: int = 1_024
+    # (key, digest) pairs in one key-exchange message; whole leaves go together, so one leaf of a
+    # very large range may pass it.
+    keys_per_message_max: int = 2_000
+    # A differing range with at most this many keys on both sides together skips the descent and
+    # sends all its keys at once: cheaper than the round trips of a descent.
+    whole_range_keys_max: int = 64
+    # Bytes per second that exchanges and the clocks they push may use (Cassandra throttles
+    # streaming; an unthrottled repair competes with client writes for the disk and the network).
+    rate_bytes_per_s: int = 4 * MIB
+    # An exchange whose peer does not answer for this long is abandoned (and retried next pass).
+    session_timeout_ms: int = 5_000
+    # How often the driver ticks the pure core.
+    tick_ms: int = 50
+    # A tombstone is purged only once every replica holds it and this long has passed since it
+    # was written (Cassandra's gc_grace_seconds default: 10 days).
+    tombstone_grace_ms: int = 10 * 24 * 3_600_000
+    # Tombstones purged per tick, so a purge wave does not stall the node.
+    purge_batch_max: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HintDefaults:
+    """Hinted handoff (Dynamo §4.6; cluster/hints.py, node/hints.py); overridable with TITRA_HINT_*."""
+
+    # A hint older than this is dropped; anti-entropy repairs what it carried. Cassandra's
+    # max_hint_window is 3 hours.
+    ttl_ms: int = 3 * 3_600_000
+    # The backlog one node holds, in hints and bytes; past it new hints are refused and counted.
+    backlog_count_max: int = 100_000
+    backlog_bytes_max: int = 256 * MIB
+    # Replay throttle (Cassandra's hinted_handoff_throttle: 1 MiB/s) and hints in flight at once.
+    replay_rate_bytes_per_s: int = 1 * MIB
+    replay_in_flight_max: int = 64
+    # A delivery not acknowledged in this long is sent again.
+    replay_ack_timeout_ms: int = 10_000
+    tick_ms: int = 100
+
+
+ANTI_ENTROPY_DEFAULTS = AntiEntropyDefaults()
+HINT_DEFAULTS = HintDefaults()
+
+assert 1 <= ANTI_ENTROPY_DEFAULTS.merkle_depth <= ANTI_ENTROPY_DEFAULTS.merkle_depth_max <= 16
+assert 1 <= ANTI_ENTROPY_DEFAULTS.levels_per_exchange <= ANTI_ENTROPY_DEFAULTS.merkle_depth
+assert 0 <= ANTI_ENTROPY_DEFAULTS.whole_range_keys_max <= ANTI_ENTROPY_DEFAULTS.keys_per_message_max
+assert ANTI_ENTROPY_DEFAULTS.rate_bytes_per_s > 0 and ANTI_ENTROPY_DEFAULTS.tick_ms > 0
+assert HINT_DEFAULTS.ttl_ms + CLOCK_DEFAULTS.max_offset_ms < ANTI_ENTROPY_DEFAULTS.tombstone_grace_ms, (
+    "a hint must expire before the tombstones written after it may be purged, or it resurrects data"
+)
+assert HINT_DEFAULTS.backlog_bytes_max >= STORE_LIMITS.value_bytes_max, "one maximal hint must fit in the backlog"
+assert 0 < HINT_DEFAULTS.replay_in_flight_max <= PEER_DEFAULTS.queue_messages_max
+assert HINT_DEFAULTS.replay_rate_bytes_per_s > 0 and HINT_DEFAULTS.tick_ms > 0
+
+
 def all_limits() -> dict[str, dict[str, int]]:
     """Every limit and default, by group, for `titra limits` and the docs."""
     return {
@@ -269,6 +381,9 @@ def all_limits() -> dict[str, dict[str, int]]:
         "peer_defaults": asdict(PEER_DEFAULTS),
         "client_defaults": asdict(CLIENT_DEFAULTS),
         "bench_defaults": asdict(BENCH_DEFAULTS),
+        "membership_defaults": asdict(MEMBERSHIP_DEFAULTS),
+        "anti_entropy_defaults": asdict(ANTI_ENTROPY_DEFAULTS),
+        "hint_defaults": asdict(HINT_DEFAULTS),
     }
 
 

@@ -86,6 +86,146 @@ class ListKeysReply:
     error: str = ""
 
 
+# --- membership (cluster/membership.py) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GossipEntry:
+    """What one node gossips about a member: newer is a higher (incarnation, heartbeat)."""
+
+    node_id: str
+    address: str  # "host:port" of its peer listener
+    incarnation: int  # bumped by the member itself on every restart
+    heartbeat: int  # bumped by the member itself every gossip interval
+    left: bool  # reserved: the member announced its departure (grow/shrink work)
+
+    # A hand-written codec: a message carries up to members_max entries, and the generic checker
+    # (type hints resolved per entry) would cost ~20 ms per 512-entry message.
+    def to_wire(self) -> list[object]:
+        return [self.node_id, self.address, self.incarnation, self.heartbeat, self.left]
+
+    @staticmethod
+    def from_wire(items: list[Any]) -> "GossipEntry":
+        if len(items) != 5:
+            raise ValueError(f"a gossip entry has 5 fields, not {len(items)}")
+        node_id, address, incarnation, heartbeat, left = items
+        if not isinstance(node_id, str) or not isinstance(address, str):
+            raise ValueError("node_id and address must be strings")
+        if type(incarnation) is not int or type(heartbeat) is not int or type(left) is not bool:
+            raise ValueError("incarnation and heartbeat must be integers, left a boolean")
+        return GossipEntry(node_id, address, incarnation, heartbeat, left)
+
+
+@dataclass(frozen=True, slots=True)
+class GossipSyn:
+    """Push: the sender's whole membership; the receiver merges it and answers what the sender lacks."""
+
+    entries: tuple[GossipEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GossipAck:
+    """Pull: the entries the receiver of a GossipSyn holds newer than the sender, or the sender lacks."""
+
+    entries: tuple[GossipEntry, ...]
+
+
+# --- end membership ------------------------------------------------------------------------------
+
+
+# --- repair: hinted handoff and anti-entropy (cluster/hints.py, cluster/anti_entropy.py) ---------
+
+
+@dataclass(frozen=True, slots=True)
+class HintStore:
+    """Sloppy quorum (Dynamo §4.6): keep this clock as a hint for `target`, which is down."""
+
+    round_id: int
+    target: str
+    keyspace: str
+    key: bytes
+    clock: bytes
+    durability: str
+
+
+@dataclass(frozen=True, slots=True)
+class HintStoreAck:
+    round_id: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HintDeliver:
+    """A hint replayed to the replica it was meant for; merged like a ReplicaMerge."""
+
+    delivery_id: int
+    keyspace: str
+    key: bytes
+    clock: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HintDeliverAck:
+    delivery_id: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AeRoots:
+    """Anti-entropy: the sender's Merkle roots of shared ranges, as (range end token, root)."""
+
+    session_id: int
+    keyspace: str
+    roots: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeRootsReply:
+    session_id: int
+    differing: tuple[int, ...]  # range end tokens whose roots differ
+    sizes: tuple[int, ...]  # the receiver's key count in each of them
+
+
+@dataclass(frozen=True, slots=True)
+class AeHashes:
+    """The sender's hashes at one tree level, as (position, hash), under nodes that differed."""
+
+    session_id: int
+    keyspace: str
+    range_end: int
+    level: int
+    hashes: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeHashesReply:
+    session_id: int
+    differing: tuple[int, ...]  # positions whose hashes differ
+
+
+@dataclass(frozen=True, slots=True)
+class AeKeys:
+    """The sender's (key, clock digest) pairs in differing leaves (no leaves: the whole range)."""
+
+    session_id: int
+    keyspace: str
+    range_end: int
+    leaves: tuple[int, ...]
+    entries: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeKeysReply:
+    session_id: int
+    entries: tuple[tuple[bytes, bytes], ...]  # the receiver's pairs that differ or the sender lacks
+    missing: tuple[bytes, ...]  # the sender's keys the receiver lacks
+
+
+# --- end repair ----------------------------------------------------------------------------------
+
+
 Message = Union[  # noqa: UP007 (typing.get_args needs a real Union object here)
     ReplicaRead,
     ReplicaReadReply,
@@ -95,6 +235,18 @@ Message = Union[  # noqa: UP007 (typing.get_args needs a real Union object here)
     ForwardWriteReply,
     ListKeys,
     ListKeysReply,
+    GossipSyn,  # membership
+    GossipAck,  # membership
+    HintStore,  # repair
+    HintStoreAck,  # repair
+    HintDeliver,  # repair
+    HintDeliverAck,  # repair
+    AeRoots,  # repair
+    AeRootsReply,  # repair
+    AeHashes,  # repair
+    AeHashesReply,  # repair
+    AeKeys,  # repair
+    AeKeysReply,  # repair
 ]
 
 # Tags are part of the wire format: append, never reorder.

@@ -22,6 +22,7 @@ from cluster.context import scoped_key
 from cluster.dvv import DVVSet, VersionVector
 from cluster.hlc import ClockDriftError, HybridClock, Timestamp
 from cluster.limits import CLOCK_DEFAULTS, REQUEST_DEFAULTS
+from cluster.merkle import clock_digest
 from cluster.requests import WriteStatus
 from cluster.siblings import (
     STORED_CONTENT_TYPE,
@@ -60,6 +61,9 @@ class Replica:
         # Wall-clock milliseconds; a simulator passes its virtual clock here.
         self.wall = wall
         self._key_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+        # Called after every write of a key, with the stored clock and its encoding (None, None: the
+        # key was purged); anti-entropy's Merkle trees are kept current from here (cluster/merkle.py).
+        self.save_listeners: list[Callable[[bytes, DVVSet[Sibling] | None, bytes | None], None]] = []
 
     @asynccontextmanager
     async def _locked(self, key: bytes) -> AsyncIterator[None]:
@@ -79,8 +83,27 @@ class Replica:
         record = await self.store.get(skey)
         return None if record is None else decode_clock(record.value)
 
-    async def _save(self, skey: bytes, clock: DVVSet[Sibling], durability: str) -> None:
-        await self.store.put(skey, encode_clock(clock), STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
+    async def _save(self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str) -> None:
+        """The one place a replica writes a key (None: purges it)."""
+        encoded = None
+        if clock is None:
+            await self.store.delete(skey, Durability(durability))
+        else:
+            encoded = encode_clock(clock)
+            await self.store.put(skey, encoded, STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
+        for listener in self.save_listeners:
+            listener(skey, clock, encoded)
+
+    async def purge(self, keyspace: str, key: bytes, digest: bytes) -> bool:
+        """Delete a key whose stored clock still has this digest (cluster/tombstones.py): a write
+        that landed since the purge was decided changed the digest, and is kept."""
+        skey = scoped_key(keyspace, key)
+        async with self._locked(skey):
+            record = await self.store.get(skey)
+            if record is None or clock_digest(record.value) != digest:
+                return False
+            await self._save(skey, None, Durability.ASYNC.value)
+            return True
 
     def _observe(self, clock: DVVSet[Sibling]) -> None:
         """Keep our hybrid clock ahead of every timestamp we store, so a write that follows
@@ -121,8 +144,12 @@ class Replica:
             self._observe(local)
             stamp = self.clock.now(self.wall())
             sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
+            # A replica without an entry of its own for the key may have minted dots for it before
+            # a tombstone purge removed them; a counter from the hybrid clock (which every mint
+            # advances) is above them all (Riak KV 2.0's key epochs solve the same problem).
+            first = (stamp.physical_ms << 14) + min(stamp.logical, 2**14 - 1) + 1
             updated = resolve(
-                dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id), resolution
+                dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id, first), resolution
             )
             if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
                 return Minted(

@@ -79,6 +79,8 @@ class WriteRequest:
     if_none_match: bool
     idempotency_key: str
     request_digest: bytes
+    # Sloppy quorum (Dynamo §4.6): hints held by fallback nodes count toward W at quorum/all.
+    sloppy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class WriteOutcome:
     timestamp: str
     achieved: str
     message: str
+    # Hints that counted or were stored for replicas that were down, as "target@holder".
+    fallbacks: tuple[str, ...] = ()
 
 
 class ReadStatus(enum.Enum):

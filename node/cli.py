@@ -7,6 +7,7 @@ import sys
 
 from cluster.store import StoreError
 from node.bench import add_bench_arguments, run_bench
+from node.bench_repair import add_bench_repair_arguments, run_bench_repair
 from node.server import add_serve_arguments, run_serve
 from node.storage import StoreConfig, WalStore
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmark the local store against SQLite")
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
+    bench_repair = sub.add_parser("bench-repair", help="benchmark anti-entropy: repair cost and write throughput")
+    add_bench_repair_arguments(bench_repair)
+    bench_repair.set_defaults(func=run_bench_repair)
     recover = sub.add_parser("recover", help="run start-up recovery on a data directory and report")
     recover.add_argument("--data-dir", required=True, help="the node's data directory")
     recover.add_argument(

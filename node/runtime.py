@@ -20,10 +20,21 @@ from typing import Protocol
 from cluster import dvv
 from cluster.context import scoped_key, version_of
 from cluster.dvv import DVVSet, VersionVector
+from cluster.hints import HintedWriteRound
 from cluster.limits import REQUEST_DEFAULTS
 from cluster.messages import (
+    AeHashes,
+    AeHashesReply,
+    AeKeys,
+    AeKeysReply,
+    AeRoots,
+    AeRootsReply,
     ForwardWrite,
     ForwardWriteReply,
+    HintDeliver,
+    HintDeliverAck,
+    HintStore,
+    HintStoreAck,
     ListKeys,
     ListKeysReply,
     Message,
@@ -51,7 +62,10 @@ from cluster.requests import (
 )
 from cluster.ring import Ring
 from cluster.rounds import Effect, Finish, ListRound, ReadRound, Send, WriteRound
-from cluster.siblings import Resolution, Sibling, decode_clock, live
+from cluster.siblings import Resolution, Sibling, decode_clock, encode_clock, live
+from cluster.tombstones import RepairSettings
+from node.anti_entropy import AntiEntropyDriver
+from node.hints import HintedHandoff
 from node.idempotency import IdempotencyTable
 from node.keyspaces import KeyspaceRegistry
 
@@ -68,6 +82,14 @@ class Transport(Protocol):
     def status(self) -> dict[str, dict[str, object]]: ...
 
 
+class Members(Protocol):
+    """Gossip membership and failure detection (node/membership.py)."""
+
+    def is_down(self, node_id: str) -> bool: ...
+
+    def status(self) -> dict[str, object]: ...
+
+
 @dataclass
 class _Pending:
     round: WriteRound | ReadRound | ListRound | None
@@ -75,14 +97,30 @@ class _Pending:
 
 
 class NodeRuntime:
-    def __init__(self, node_id: str, nodes: list[str], replica: Replica, transport: Transport, secret: bytes) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        nodes: list[str],
+        replica: Replica,
+        transport: Transport,
+        secret: bytes,
+        members: Members | None = None,
+        repair: RepairSettings | None = None,
+    ) -> None:
         self.node_id = node_id
         self.secret = secret
         self.ring = Ring(frozenset(nodes))
         self.replica = replica
         self.transport = transport
+        self.members = members
         self.keyspaces = KeyspaceRegistry(len(nodes), replica.store, self.put, self.get)
         self.idempotency = IdempotencyTable(replica.store)
+        # repair: hinted handoff (Dynamo §4.6) and anti-entropy (§4.7), each a driver of a pure core.
+        settings = repair or RepairSettings()
+        self.hints = HintedHandoff(replica, self.keyspaces, transport.send, self._reachable, settings)
+        self.anti_entropy = AntiEntropyDriver(
+            self.ring, replica, self.keyspaces, transport.send, self._reachable, settings
+        )
         self._pending: dict[int, _Pending] = {}
         self._next_round = 1
         self._tasks: set[asyncio.Task[None]] = set()
@@ -93,10 +131,14 @@ class NodeRuntime:
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name="titra-rounds-ticker")
+        await self.hints.start()  # repair
+        await self.anti_entropy.start()  # repair
         self._ready = True
 
     async def close(self) -> None:
         self._ready = False
+        await self.anti_entropy.close()  # repair
+        await self.hints.close()  # repair
         for task in [self._ticker, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -108,6 +150,11 @@ class NodeRuntime:
     @staticmethod
     def _now_ms() -> int:
         return int(asyncio.get_running_loop().time() * 1000)
+
+    def _reachable(self, node_id: str) -> bool:
+        """Connected, and not convicted by the failure detector: a down replica is skipped at once
+        instead of costing a request its timeout."""
+        return self.transport.is_reachable(node_id) and not (self.members is not None and self.members.is_down(node_id))
 
     def _round_id(self) -> int:
         rid = self._next_round
@@ -127,9 +174,12 @@ class NodeRuntime:
             )
         level = Level(request.level)
         w = required_acks(level, n, request.w)
-        preference = self.ring.preference_list(scoped_key(definition.name, request.key), n)
-        reachable = [node for node in preference if self.transport.is_reachable(node)]
-        if len(reachable) < w:
+        skey = scoped_key(definition.name, request.key)
+        preference = self.ring.preference_list(skey, n)
+        reachable = [node for node in preference if self._reachable(node)]
+        # repair: hints may stand in for replicas that are down (`one`, or `sloppy=true`).
+        plan = self.hints.plan(level, w, request.sloppy, self.ring, skey, preference, reachable)
+        if plan.copies(len(reachable)) < w:
             return self._write_outcome(
                 WriteStatus.UNAVAILABLE,
                 (),
@@ -139,7 +189,7 @@ class NodeRuntime:
             )
         # An idempotent write goes to the key's first reachable replica, where its outcome is kept.
         forward = bool(request.idempotency_key) or self.node_id not in preference
-        target = reachable[0] if forward else self.node_id
+        target = reachable[0] if forward and reachable else self.node_id  # none reachable: this node stands in
         if target != self.node_id:
             return await self._forward(target, request, w)
         return await self._coordinate(definition, request, tuple(preference), w, n)
@@ -222,17 +272,22 @@ class NodeRuntime:
         timestamp: str,
     ) -> WriteOutcome:
         rid = self._round_id()
-        round_ = WriteRound(
-            rid,
-            definition.name,
-            request.key,
-            self.node_id,
-            preference,
-            w,
-            self._now_ms() + request.timeout_ms,
-            request.durability,
-        )
-        finish = await self._run(round_, round_.start(clock))
+        deadline_ms = self._now_ms() + request.timeout_ms
+        args = (rid, definition.name, request.key, self.node_id, preference, w, deadline_ms, request.durability)
+        # repair: replicas down before the write starts get hints (hinted handoff, Dynamo §4.6).
+        reachable = [node for node in preference if self._reachable(node)]
+        skey = scoped_key(definition.name, request.key)
+        plan = self.hints.plan(Level(request.level), w, request.sloppy, self.ring, skey, list(preference), reachable)
+        if plan.local or plan.fallbacks:
+            hinted = HintedWriteRound(*args, plan=plan)
+            encoded = encode_clock(clock)
+            stored = await self.hints.keep(plan.local, definition.name, request.key, encoded, request.durability)
+            finish = await self._run(hinted, hinted.start(clock, tuple(stored)))
+            copies, fallbacks = hinted.counted(), tuple(hinted.hinted)
+        else:
+            round_ = WriteRound(*args)
+            finish = await self._run(round_, round_.start(clock))
+            copies, fallbacks = len(finish.replicas), ()
         status = WriteStatus.OK if finish.status == "ok" else WriteStatus.TIMEOUT
         return WriteOutcome(
             status.value,
@@ -241,8 +296,9 @@ class NodeRuntime:
             w,
             dvv.join(clock),
             timestamp,
-            achieved_level(len(finish.replicas), n),
+            achieved_level(copies, n),
             finish.message,
+            fallbacks,
         )
 
     def _write_outcome(self, status: WriteStatus, acks: tuple[str, ...], w: int, message: str) -> WriteOutcome:
@@ -261,7 +317,7 @@ class NodeRuntime:
         r = required_acks(level, n, request.r)
         skey = scoped_key(definition.name, request.key)
         preference = tuple(self.ring.preference_list(skey, n))
-        reachable = [node for node in preference if self.transport.is_reachable(node)]
+        reachable = [node for node in preference if self._reachable(node)]
         if len(reachable) < r:
             return self._read_outcome(
                 ReadStatus.UNAVAILABLE,
@@ -314,7 +370,7 @@ class NodeRuntime:
         n = min(definition.n, len(nodes))
         required = len(nodes) - n + 1
         round_ = ListRound(self._round_id(), nodes, required, self._now_ms() + timeout_ms, limit)
-        reachable = [node for node in nodes if self.transport.is_reachable(node)]
+        reachable = [node for node in nodes if self._reachable(node)]
         if len(reachable) < required:
             return ListOutcome(
                 Outcome.UNAVAILABLE.value,
@@ -356,7 +412,13 @@ class NodeRuntime:
                 "ownership": ownership,
             },
             "peers": self.transport.status(),
+            "membership": self.members.status() if self.members is not None else {},
+            "repair": self.repair_status(),
         }
+
+    def repair_status(self) -> dict[str, dict[str, object]]:
+        """Hinted handoff and anti-entropy progress, for /v1/status and /metrics."""
+        return {"hints": self.hints.status(), "anti_entropy": self.anti_entropy.status()}
 
     # --- driving rounds ------------------------------------------------------------------------
 
@@ -412,6 +474,14 @@ class NodeRuntime:
                 pending = self._pending.get(rid)
                 if pending is not None and not pending.future.done():
                     pending.future.set_result(outcome)
+            case HintStoreAck(round_id=rid, ok=ok, error=error):  # repair
+                pending = self._pending.get(rid)
+                if pending is not None and isinstance(pending.round, HintedWriteRound):
+                    self._apply(rid, pending.round.on_hint_ack(sender, ok, error))
+            case HintStore() | HintDeliver() | HintDeliverAck():  # repair
+                self.hints.on_message(sender, message)
+            case AeRoots() | AeRootsReply() | AeHashes() | AeHashesReply() | AeKeys() | AeKeysReply():  # repair
+                self.anti_entropy.on_message(sender, message)
             case ReplicaRead() | ReplicaMerge() | ListKeys() | ForwardWrite():
                 self._spawn(self._serve(sender, message))
 

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cluster.hlc import HybridClock
+from cluster.messages import GossipAck, GossipSyn, Message
 from cluster.replica import Replica
+from cluster.tombstones import RepairSettings
+from node.anti_entropy import repair_settings_from_env
 from node.http.app import build_client_app
+from node.membership import MembershipDriver
 from node.runtime import NodeRuntime
 from node.storage import StoreConfig, WalStore
 from node.transport import PeerTransport, peer_app
@@ -23,6 +27,7 @@ from node.transport import PeerTransport, peer_app
 log = logging.getLogger("titra.node")
 
 SECRET_ENV = "TITRA_CLUSTER_SECRET"
+DEFAULT_REPAIR = RepairSettings()
 
 
 class ConfigError(ValueError):
@@ -38,6 +43,8 @@ class NodeConfig:
     data_dir: str
     secret: str
     repair_wal: bool = False
+    seeds: tuple[str, ...] = ()  # peer listeners HOST:PORT to gossip with first (node ids not needed)
+    repair: RepairSettings = DEFAULT_REPAIR  # anti-entropy and hints: TITRA_AE_* / TITRA_HINT_* env
 
 
 def _address(text: str, what: str) -> tuple[str, int]:
@@ -78,7 +85,23 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         args.data_dir,
         secret,
         args.repair_wal,
+        tuple(_parse_seeds(args.seeds)),
+        _repair_settings(),
     )
+
+
+def _repair_settings() -> RepairSettings:
+    try:
+        return repair_settings_from_env(os.environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _parse_seeds(text: str) -> list[str]:
+    seeds = [part.strip() for part in text.split(",") if part.strip()]
+    for seed in seeds:
+        _address(seed, "--seeds entry")
+    return seeds
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +109,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:7070", help="client API address HOST:PORT")
     parser.add_argument("--peer-listen", default="127.0.0.1:7170", help="peer endpoint address HOST:PORT")
     parser.add_argument("--peers", default="", help="all nodes: ID=HOST:PEERPORT,... (this node may be included)")
+    parser.add_argument(
+        "--seeds",
+        default="",
+        help="peer listeners HOST:PEERPORT,... to join through gossip (--peers count as seeds and define the ring)",
+    )
     parser.add_argument("--data-dir", required=True, help="where the store keeps its files")
     parser.add_argument(
         "--cluster-secret-file", default="", help=f"file holding the cluster secret (else env {SECRET_ENV})"
@@ -100,14 +128,30 @@ async def serve(config: NodeConfig) -> None:
     store = await WalStore.open(config.data_dir, StoreConfig(repair_wal=config.repair_wal))
     replica = Replica(config.node_id, store, HybridClock(config.node_id))
     runtime: NodeRuntime | None = None
+    members: MembershipDriver | None = None
 
-    def deliver(sender: str, message: object) -> None:
-        assert runtime is not None
-        runtime.on_message(sender, message)  # type: ignore[arg-type]
+    def deliver(sender: str, message: Message) -> None:
+        assert runtime is not None and members is not None
+        if isinstance(message, GossipSyn | GossipAck):
+            members.on_message(sender, message)
+        else:
+            runtime.on_message(sender, message)
 
-    transport = PeerTransport(config.node_id, config.peers, config.secret, deliver)
-    runtime = NodeRuntime(config.node_id, sorted(config.peers), replica, transport, config.secret.encode())
-    client_runner = web.AppRunner(build_client_app(runtime), access_log=None)
+    def connected(node_id: str) -> None:
+        assert members is not None
+        members.on_connected(node_id)
+
+    # Gossip lets a node join through a seed without being in the others' --peers: admit it.
+    transport = PeerTransport(
+        config.node_id, config.peers, config.secret, deliver, admit_unknown_peers=True, on_connected=connected
+    )
+    members = MembershipDriver(
+        config.node_id, config.peers[config.node_id], config.peers, list(config.seeds), store, transport
+    )
+    runtime = NodeRuntime(
+        config.node_id, sorted(config.peers), replica, transport, config.secret.encode(), members, config.repair
+    )
+    client_runner = web.AppRunner(build_client_app(runtime, repair_status=runtime.repair_status), access_log=None)
     peer_runner = web.AppRunner(peer_app(transport), access_log=None)
     await client_runner.setup()
     await peer_runner.setup()
@@ -118,6 +162,7 @@ async def serve(config: NodeConfig) -> None:
     try:
         await web.TCPSite(peer_runner, *config.peer_listen).start()
         await transport.start()
+        await members.start()
         await runtime.start()
         await web.TCPSite(client_runner, *config.listen).start()
         log.info(
@@ -128,6 +173,7 @@ async def serve(config: NodeConfig) -> None:
         log.info("node %s stopping", config.node_id)
         await client_runner.cleanup()
         await runtime.close()
+        await members.close()
         await transport.close()
         await peer_runner.cleanup()
         await store.close()

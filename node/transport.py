@@ -13,7 +13,10 @@ Edge module (asyncio, aiohttp, logging). Rules:
 - Messages to self go through the same `on_message` callback on the next tick, so a coordinator
   treats its own replica like any other (peterbourgon/caspaxos: one interface, local or remote).
 - Peer endpoints need the cluster secret (`Authorization: Bearer ...`), checked before the
-  upgrade; the sender names itself with `Titra-Node-Id`, which must be a configured peer.
+  upgrade; the sender names itself with `Titra-Node-Id`, which must be a configured peer, unless
+  `admit_unknown_peers` (a node serving gossip membership): then a sender holding the secret
+  but not configured is a node joining through a seed, admitted (up to `members_max` peers)
+  with no address until its gossip supplies one (`add_peer`, node/membership.py).
 """
 
 import asyncio
@@ -28,7 +31,7 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
-from cluster.limits import PEER_DEFAULTS, PeerDefaults
+from cluster.limits import CLOCK_DEFAULTS, MEMBERSHIP_DEFAULTS, PEER_DEFAULTS, PeerDefaults
 from cluster.messages import Message, MessageDecodeError, decode, encode
 
 log = logging.getLogger("titra.transport")
@@ -55,7 +58,7 @@ class TransportStats:
 @dataclass(slots=True, eq=False)
 class _Peer:
     node_id: str
-    address: str  # "host:port" of its peer listener
+    address: str  # "host:port" of its peer listener; "" for a node met inbound, not yet located
     # Packed messages: encoding at `send` time surfaces an unencodable message in its caller.
     queue: deque[bytes] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,6 +78,8 @@ class PeerTransport:
         secret: str,
         on_message: Callable[[str, Message], None],
         defaults: PeerDefaults = PEER_DEFAULTS,
+        admit_unknown_peers: bool = False,
+        on_connected: Callable[[str], None] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the peer transport needs a non-empty cluster secret")
@@ -83,6 +88,8 @@ class PeerTransport:
         self._secret = secret.encode()
         self._on_message = on_message
         self._defaults = defaults
+        self._admit_unknown_peers = admit_unknown_peers
+        self._on_connected = on_connected  # told each time an outbound connection comes up
         self._peers = {nid: _Peer(nid, addr) for nid, addr in peers.items() if nid != node_id}
         self._inbound: set[web.WebSocketResponse] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -99,7 +106,8 @@ class PeerTransport:
         # by connect_timeout_ms in _connect instead.
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         for peer in self._peers.values():
-            peer.task = asyncio.create_task(self._run_outbound(peer), name=f"titra-peer-{peer.node_id}")
+            if peer.address:
+                peer.task = asyncio.create_task(self._run_outbound(peer), name=f"titra-peer-{peer.node_id}")
 
     async def close(self) -> None:
         if self._closed:
@@ -144,6 +152,24 @@ class PeerTransport:
             peer.flush_scheduled = True
             loop.call_soon(self._flush, peer)
 
+    def add_peer(self, node_id: str, address: str) -> None:
+        """Make a node learned by gossip reachable. A peer with an address keeps it (the configured one wins)."""
+        assert node_id != self.node_id and address
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = self._peers[node_id] = _Peer(node_id, address)
+        elif peer.address:
+            return
+        peer.address = address
+        if self._started and not self._closed:
+            peer.task = asyncio.create_task(self._run_outbound(peer), name=f"titra-peer-{node_id}")
+
+    def remove_peer(self, node_id: str) -> None:
+        """Stop connecting to a peer (a seed's placeholder once its node id is known)."""
+        peer = self._peers.pop(node_id, None)
+        if peer is not None and peer.task is not None:
+            peer.task.cancel()
+
     def is_reachable(self, node_id: str) -> bool:
         if node_id == self.node_id:
             return True
@@ -184,6 +210,8 @@ class PeerTransport:
             log.info("connected to peer %s at %s", peer.node_id, peer.address)
             peer.ws = ws
             peer.last_error = ""
+            if self._on_connected is not None:
+                self._on_connected(peer.node_id)
             try:
                 await self._write_until_closed(peer, ws)
             except (aiohttp.ClientError, ConnectionError) as exc:
@@ -260,7 +288,14 @@ class PeerTransport:
         sender = request.headers.get(NODE_ID_HEADER, "")
         peer = self._peers.get(sender)
         if peer is None:
-            return _error(403, "forbidden", f"{NODE_ID_HEADER} names no configured peer")
+            if not self._admit_unknown_peers:
+                return _error(403, "forbidden", f"{NODE_ID_HEADER} names no configured peer")
+            if not sender or sender == self.node_id or len(sender.encode()) > CLOCK_DEFAULTS.node_id_bytes_max:
+                return _error(403, "forbidden", f"{NODE_ID_HEADER} must name the sending node")
+            if len(self._peers) >= MEMBERSHIP_DEFAULTS.members_max:
+                return _error(403, "forbidden", "this node knows as many peers as a cluster may have")
+            # Holds the secret but is not configured: a node joining through gossip (its address comes later).
+            peer = self._peers[sender] = _Peer(sender, "")
         ws = web.WebSocketResponse(
             max_msg_size=self._defaults.frame_bytes_max,  # aiohttp refuses larger frames before decoding
             heartbeat=self._defaults.heartbeat_interval_ms / 1000,

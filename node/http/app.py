@@ -30,7 +30,7 @@ from cluster.requests import (
 from cluster.siblings import Sibling
 from node.http import parse
 from node.http.errors import JSON, MSGPACK, HttpError, error_middleware, negotiate, structured_response, wants_msgpack
-from node.http.metrics import LEVEL_KEY, HttpMetrics, metrics_middleware
+from node.http.metrics import LEVEL_KEY, HttpMetrics, RepairStatus, metrics_middleware
 from node.http.openapi import build_document, encode_document
 
 MULTIPART = "multipart/mixed"
@@ -115,13 +115,14 @@ class _ClientApi:
         timestamp: str,
         coordinator: str,
         context: tuple[ContextEntry, ...],
+        fallbacks: tuple[str, ...] = (),
     ) -> dict[str, str]:
         return {
             "Titra-Context": encode_token(context, self.coordinator.secret),
             "Titra-Consistency-Requested": requested,
             "Titra-Consistency-Achieved": achieved,
             "Titra-Replicas": ",".join(replicas),
-            "Titra-Fallbacks": "",  # hinted handoff does not exist yet
+            "Titra-Fallbacks": ",".join(fallbacks),
             "Titra-Timestamp": timestamp,
             "Titra-Coordinator": coordinator or self.coordinator.node_id,
         }
@@ -150,6 +151,7 @@ class _ClientApi:
             outcome.timestamp,
             outcome.coordinator,
             context,
+            outcome.fallbacks,
         )
         if status is WriteStatus.OK:
             return web.Response(status=204, headers=headers)
@@ -330,9 +332,14 @@ def _siblings_response(request: web.Request, siblings: tuple[Sibling, ...], head
     return structured_response(request, 300, {"siblings": body}, headers)
 
 
-def build_client_app(coordinator: Coordinator, *, limits: RequestDefaults = REQUEST_DEFAULTS) -> web.Application:
-    """The client API of one node. `limits` is for tests and tuning; production uses the defaults."""
+def build_client_app(
+    coordinator: Coordinator, *, limits: RequestDefaults = REQUEST_DEFAULTS, repair_status: RepairStatus | None = None
+) -> web.Application:
+    """The client API of one node. `limits` is for tests and tuning; production uses the defaults.
+    `repair_status` (the runtime's) adds hinted handoff and anti-entropy to /metrics."""
     metrics = HttpMetrics()
+    if repair_status is not None:
+        metrics.watch_repair(repair_status)
     api = _ClientApi(coordinator, limits, metrics)
     # client_max_size backs up parse.read_bounded: aiohttp's own readers refuse larger bodies too.
     app = web.Application(

@@ -29,6 +29,7 @@ CODES: dict[str, int] = {
     "invalid_replica_count": 400,
     "invalid_timeout": 400,
     "invalid_durability": 400,
+    "invalid_sloppy": 400,
     "invalid_prefix": 400,
     "invalid_limit": 400,
     "invalid_cursor": 400,

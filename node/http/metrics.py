@@ -9,12 +9,14 @@ level that passed validation.
 """
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # Set by a KV handler once the consistency parameter is valid; the label is empty otherwise.
 LEVEL_KEY = web.RequestKey("titra_level", str)
@@ -44,6 +46,10 @@ class HttpMetrics:
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
 
+    def watch_repair(self, source: "RepairStatus") -> None:
+        """Export hinted handoff and anti-entropy progress (node/runtime.py repair_status)."""
+        self.registry.register(RepairCollector(source))
+
     def response(self) -> web.Response:
         # CONTENT_TYPE_LATEST carries parameters, so it goes in the headers, not `content_type=`.
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -71,3 +77,46 @@ def metrics_middleware(metrics: HttpMetrics) -> Middleware:
             )
 
     return middleware
+
+
+# --- repair: hinted handoff and anti-entropy, read from the runtime at scrape time ------------------
+
+RepairStatus = Callable[[], Mapping[str, Mapping[str, object]]]
+# (group, field) -> (metric name, kind, help); counters get prometheus' `_total` suffix.
+_REPAIR_SERIES = {
+    ("hints", "backlog"): ("titra_hints_backlog", "gauge", "Hints this node holds for replicas that were down."),
+    ("hints", "backlog_bytes"): ("titra_hints_backlog_bytes", "gauge", "Bytes of the hints this node holds."),
+    ("hints", "stored"): ("titra_hints_stored", "counter", "Hints stored (new or merged into one held)."),
+    ("hints", "refused"): ("titra_hints_refused", "counter", "Hints refused because the backlog was full."),
+    ("hints", "delivered"): ("titra_hints_delivered", "counter", "Hints acknowledged by their target and dropped."),
+    ("hints", "expired"): ("titra_hints_expired", "counter", "Hints dropped undelivered after the hint TTL."),
+    ("anti_entropy", "sessions"): ("titra_anti_entropy_exchanges", "counter", "Anti-entropy exchanges started."),
+    ("anti_entropy", "sessions_failed"): ("titra_anti_entropy_exchanges_failed", "counter", "Exchanges abandoned."),
+    ("anti_entropy", "ranges_compared"): ("titra_anti_entropy_ranges_compared", "counter", "Ranges compared."),
+    ("anti_entropy", "ranges_differing"): ("titra_anti_entropy_ranges_differing", "counter", "Ranges that differed."),
+    ("anti_entropy", "keys_repaired"): ("titra_anti_entropy_keys_repaired", "counter", "Keys pushed to a peer."),
+    ("anti_entropy", "bytes_sent"): ("titra_anti_entropy_sent_bytes", "counter", "Bytes sent by anti-entropy."),
+    ("anti_entropy", "bytes_received"): ("titra_anti_entropy_received_bytes", "counter", "Bytes received."),
+    ("anti_entropy", "full_passes"): ("titra_anti_entropy_full_passes", "counter", "Passes over every peer."),
+    ("anti_entropy", "last_pass_duration_ms"): ("titra_anti_entropy_last_pass_ms", "gauge", "Last pass, ms."),
+    ("anti_entropy", "index_keys"): ("titra_anti_entropy_index_keys", "gauge", "Keys in the Merkle trees."),
+    ("anti_entropy", "tombstones_pending"): ("titra_tombstones_pending", "gauge", "Tombstones not purged yet."),
+    ("anti_entropy", "tombstones_purged"): ("titra_tombstones_purged", "counter", "Tombstones purged."),
+}
+
+
+class RepairCollector(Collector):
+    def __init__(self, source: RepairStatus) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        status = self.source()
+        for (group, name), (metric, kind, text) in _REPAIR_SERIES.items():
+            value = status.get(group, {}).get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                yield family(metric, text, value=value)
+        last = status.get("anti_entropy", {}).get("last_full_pass_wall_ms")
+        if isinstance(last, int) and last > 0:
+            name = "titra_anti_entropy_last_full_pass_timestamp_seconds"
+            yield GaugeMetricFamily(name, "When the last full anti-entropy pass ended.", value=last / 1000)

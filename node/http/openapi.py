@@ -31,7 +31,10 @@ _RECEIPT = {
         "node ids that acknowledged (writes) or answered (reads), in order, comma-separated",
         {"type": "string"},
     ),
-    "Titra-Fallbacks": ("hinted/fallback replicas used (empty until hinted handoff exists)", {"type": "string"}),
+    "Titra-Fallbacks": (
+        "hints used for replicas that were down, as target@holder, comma-separated (hinted handoff)",
+        {"type": "string"},
+    ),
     "Titra-Timestamp": (
         "the coordinator's hybrid-logical-clock timestamp of the operation",
         {"type": "string", "pattern": r"^([0-9a-f]{12}\.[0-9a-f]{8}\..+)?$"},
@@ -157,6 +160,8 @@ def _parameters(limits: RequestDefaults) -> dict[str, Schema]:
         "timeout_ms": _param("timeout_ms", "query", "how long the coordinator may take", timeout),
         "durability": _param("durability", "query", "fsync before acknowledging, or not",
                              {"type": "string", "enum": list(DURABILITIES), "default": DURABILITIES[0]}),
+        "sloppy": _param("sloppy", "query", "quorum/all: hints kept by fallback nodes count toward W (sloppy quorum)",
+                         {"type": "string", "enum": ["true", "false"], "default": "false"}),
         "prefix": _param("prefix", "query", "only keys that start with this", {"type": "string", "default": ""}),
         "limit": _param("limit", "query", "keys in one page",
                         _integer(1, limits.list_page_max, default=limits.list_page_default)),
@@ -239,8 +244,8 @@ def _health_op(op_id: str, summary: str, can_fail: bool) -> Schema:
 
 
 def _paths(limits: RequestDefaults) -> dict[str, Schema]:
-    write_params = ["keyspace", "key", "consistency", "w", "timeout_ms", "durability", "Titra-Context", "If-Match",
-                    "If-None-Match", "Idempotency-Key"]  # fmt: skip
+    write_params = ["keyspace", "key", "consistency", "w", "timeout_ms", "durability", "sloppy", "Titra-Context",
+                    "If-Match", "If-None-Match", "Idempotency-Key"]  # fmt: skip
     read_params = ["keyspace", "key", "consistency", "r", "timeout_ms", "Titra-Context"]
     value = {"required": False, "description": f"the value, up to {limits.value_bytes_max} bytes",
              "content": {"*/*": {"schema": {}}}}  # fmt: skip

@@ -32,11 +32,12 @@ DEFAULT_LEVEL = Level.QUORUM.value
 # Levels on the roadmap (CASPaxos per key, then Percolator-style transactions): a clear 501.
 PLANNED_LEVELS = ("linearizable", "serializable")
 DURABILITIES = ("fsync", "async")
+BOOLEANS = ("true", "false")
 RESOLUTIONS = tuple(resolution.value for resolution in Resolution)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 # The query parameters each route accepts; anything else is a 400 naming it.
-WRITE_PARAMS = ("consistency", "w", "timeout_ms", "durability")
+WRITE_PARAMS = ("consistency", "w", "timeout_ms", "durability", "sloppy")
 READ_PARAMS = ("consistency", "r", "timeout_ms")
 LIST_PARAMS = ("prefix", "limit", "cursor", "timeout_ms")
 TIMEOUT_PARAMS = ("timeout_ms",)
@@ -111,6 +112,14 @@ def parse_durability(query: MultiMapping[str]) -> str:
         allowed = ", ".join(DURABILITIES)
         raise HttpError("invalid_durability", f"durability must be one of {allowed}, not {_quote(durability)}")
     return durability
+
+
+def parse_sloppy(query: MultiMapping[str]) -> bool:
+    """`sloppy=true`: hints on fallback nodes count toward W at quorum/all (Dynamo's sloppy quorum)."""
+    text = query.get("sloppy", "false")
+    if text not in BOOLEANS:
+        raise HttpError("invalid_sloppy", f"sloppy must be true or false, not {_quote(text)}")
+    return text == "true"
 
 
 # --- Path: keyspace names and keys, from the raw request target. ---
@@ -252,6 +261,7 @@ async def parse_write(request: web.Request, secret: bytes, limits: RequestDefaul
     check_params(query, WRITE_PARAMS)
     level, w = parse_level(query), parse_count(query, "w", limits)
     timeout_ms, durability = parse_timeout(query, limits), parse_durability(query)
+    sloppy = parse_sloppy(query)
     keyspace, key = parse_keyspace_name(request, limits), parse_key(request, limits)
     headers = request.headers
     context = parse_context(headers.get("Titra-Context"), secret)
@@ -284,6 +294,7 @@ async def parse_write(request: web.Request, secret: bytes, limits: RequestDefaul
         if_none_match=if_none_match,
         idempotency_key=idempotency_key,
         request_digest=request_digest(request, keyspace, key, content_type, value),
+        sloppy=sloppy,
     )
 
 

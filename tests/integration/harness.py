@@ -61,6 +61,8 @@ class LocalCluster:
     root: Path
     nodes_count: int = 3
     nodes: dict[str, Node] = field(default_factory=dict)
+    # Extra environment for every node, e.g. {"TITRA_AE_INTERVAL_MS": "100"} (node/anti_entropy.py).
+    env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for i in range(1, self.nodes_count + 1):
@@ -79,7 +81,7 @@ class LocalCluster:
         return ",".join(f"{n.node_id}=127.0.0.1:{n.peer_port}" for n in self.nodes.values())
 
     def _spawn(self, node: Node) -> None:
-        env = {**os.environ, "TITRA_CLUSTER_SECRET": SECRET}
+        env = {**os.environ, **self.env, "TITRA_CLUSTER_SECRET": SECRET}
         log = node.log_path.open("ab")
         node.process = subprocess.Popen(
             [

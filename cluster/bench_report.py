@@ -1,0 +1,156 @@
+"""The results of `titra bench cluster`: one data point per (op, level, clients), as JSON and as
+a table. Pure but for `cpu_seconds`, `filesystem_of` and `loadavg`, which read /proc.
+"""
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cluster.bench_wrk import WrkReport
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One system at one data point."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx/3xx responses + socket errors (connect, read, write, timeout)
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: int
+    # The servers' CPU (user + system, all nodes) per request, and in cores over the point: on a
+    # small machine a system that needs less CPU per request can serve more of them.
+    cpu_ms_per_req: float | None
+    cpu_cores: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """Titra at one (op, level, clients) beside the etcd request it is compared with."""
+
+    op: str  # write | read
+    level: str
+    clients: int
+    titra: Measured
+    etcd: Measured
+    etcd_op: str  # the etcd request it is compared with
+
+    @property
+    def ratio(self) -> float | None:
+        """Titra's throughput over etcd's."""
+        return round(self.titra.rps / self.etcd.rps, 2) if self.etcd.rps > 0 else None
+
+    @property
+    def flags(self) -> list[str]:
+        found = []
+        for name, measured in (("titra", self.titra), ("etcd", self.etcd)):
+            if measured.errors:
+                found.append(
+                    f"{name}: {measured.errors} errors ({measured.non_2xx_3xx} non-2xx/3xx, "
+                    f"{measured.socket_errors} socket)"
+                )
+            if measured.requests == 0:
+                found.append(f"{name}: no request completed")
+        return found
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "op": self.op,
+            "level": self.level,
+            "clients": self.clients,
+            "titra": asdict(self.titra),
+            "etcd": asdict(self.etcd),
+            "etcd_op": self.etcd_op,
+            "ratio": self.ratio,
+            "flags": self.flags,
+        }
+
+
+def measured(report: WrkReport, cpu_s: float | None, elapsed_s: float) -> Measured:
+    """One system's numbers from wrk's combined report and the servers' CPU seconds over the point."""
+    return Measured(
+        rps=report.rps,
+        p50_ms=report.p50_ms,
+        p99_ms=report.p99_ms,
+        errors=report.errors,
+        requests=report.requests,
+        non_2xx_3xx=report.non_2xx_3xx,
+        socket_errors=report.socket_errors,
+        cpu_ms_per_req=None if cpu_s is None or not report.requests else round(cpu_s * 1_000 / report.requests, 3),
+        cpu_cores=None if cpu_s is None else round(cpu_s / elapsed_s, 2),
+    )
+
+
+def cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU time of the processes, from /proc (Linux); None where it cannot be read."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the command name, which is in parentheses and may hold spaces: utime and
+        # stime are fields 14 and 15 of the line, so 12 and 13 after the closing parenthesis.
+        after = stat.rsplit(")", 1)[1].split()
+        ticks += int(after[11]) + int(after[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def filesystem_of(path: Path) -> str:
+    """The type and mount point of the file system holding `path` (the deepest mount above it)."""
+    target = os.path.realpath(path)
+    found = ("unknown", "")
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount, kind = parts[1], parts[2]
+        if os.path.commonpath([target, mount]) == mount and len(mount) >= len(found[1]):
+            found = (kind, mount)
+    return f"{found[0]} on {found[1]}" if found[1] else "unknown"
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(load, 2) for load in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def render(points: Sequence[Point], env: dict[str, object]) -> str:
+    lines = [
+        f"Titra {env['titra']} (3 nodes) vs etcd {env['etcd']} (3 members), {env['value_bytes']}-byte values, "
+        f"{env['key_space']} keys, {env['duration_s_per_point']} s per point, {env['wrk']}",
+        f"data: {env['data_dir']} [{env['filesystem']}]; {env['cpus']} CPUs, load average "
+        f"{env['loadavg_start']} -> {env['loadavg_end']}; etcd leader {env['etcd_leader']}",
+        f"load: {env['load_spread']}",
+        "",
+        f"{'op':<5} {'level':<6} {'clients':>7} | {'titra rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'cpu ms':>6} | {'etcd op':<18} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'cpu ms':>6} | ratio",
+    ]
+    for p in points:
+        lines.append(
+            f"{p.op:<5} {p.level:<6} {p.clients:>7} | {_cells(p.titra, 9)} | {p.etcd_op:<18} {_cells(p.etcd, 8)} | "
+            f"{p.ratio if p.ratio is not None else '-'}{'  !' if p.flags else ''}"
+        )
+    flagged = [f"  {p.op} {p.level} {p.clients}: {flag}" for p in points for flag in p.flags]
+    if flagged:
+        lines += ["", "! points with errors (their numbers are not comparable):", *flagged]
+    lines += [
+        "",
+        "ratio = titra rps / etcd rps; cpu ms = the servers' CPU per request; "
+        "reads at one are compared with etcd's serializable range, the other levels with its linearizable range",
+    ]
+    return "\n".join(lines)
+
+
+def _cells(measured: Measured, width: int) -> str:
+    cpu = "-" if measured.cpu_ms_per_req is None else f"{measured.cpu_ms_per_req:.2f}"
+    return f"{measured.rps:>{width}.1f} {measured.p50_ms:>7.2f} {measured.p99_ms:>7.2f} {measured.errors:>6} {cpu:>6}"
