@@ -66,6 +66,7 @@ class _Session:
     positions: list[int] = field(default_factory=list)  # differing nodes at `level`
     batches: list[list[int]] | None = None  # key phase: leaves still to send, per message
     sent: dict[bytes, bytes] = field(default_factory=dict)  # key phase: our entries in flight
+    asked: frozenset[int] = frozenset()  # hash phase: the positions the request in flight named
 
 
 @dataclass
@@ -247,6 +248,7 @@ class AntiEntropy:
             for p in descendants(position, span)
         )
         session.level = below
+        session.asked = frozenset(p for p, _ in hashes)
         return self._send(session, AeHashes(session.session_id, session.keyspace, end, below, hashes), now_ms)
 
     def _on_reply(self, session: _Session, message: Message, now_ms: int, wall_ms: int) -> list[AeEffect]:
@@ -262,7 +264,10 @@ class AntiEntropy:
                     else:
                         self.tombstones.confirm_range(session.peer, (session.keyspace, i))
                 self.stats.ranges_differing += len(session.queue)
-            case AeHashesReply(differing=positions):
+            case AeHashesReply(differing=answered):
+                # Remote input: keep only positions we asked about (a duplicated or reordered
+                # reply from an earlier level must not steer the descent out of the tree).
+                positions = [p for p in answered if p in session.asked]
                 if not positions:
                     session.current = None
                 elif session.level == self.index.depth:

@@ -37,7 +37,7 @@ from cluster.replica import Replica
 from cluster.requests import Level
 from cluster.ring import Ring
 from cluster.siblings import Resolution, decode_clock, encode_clock
-from cluster.store import Durability
+from cluster.store import Durability, StoreError
 from cluster.tombstones import RepairSettings
 from node.keyspaces import KeyspaceRegistry
 
@@ -131,15 +131,20 @@ class HintedHandoff:
             skey = hint_store_key(hint)
             async with self._locked(hint):
                 wall = self.replica.wall()
-                record = await self.store.get(skey)
-                created_ms, merged = wall, clock
-                if record is not None:
-                    created_ms, stored = decode_hint(record.value)
-                    merged = encode_clock(dvv.sync(decode_clock(stored), decode_clock(clock)))
-                value = encode_hint(created_ms, merged)
-                if not self.backlog.admit(hint, len(skey) + len(value), created_ms):
+                try:
+                    record = await self.store.get(skey)
+                    created_ms, merged = wall, clock
+                    if record is not None:
+                        created_ms, stored = decode_hint(record.value)
+                        merged = encode_clock(dvv.sync(decode_clock(stored), decode_clock(clock)))
+                    value = encode_hint(created_ms, merged)
+                    if not self.backlog.admit(hint, len(skey) + len(value), created_ms):
+                        continue
+                    await self.store.put(skey, value, HINT_CONTENT_TYPE, b"", Durability(durability))
+                except StoreError:
+                    # Not kept (a replay finding no record forgets it): anti-entropy repairs the target.
+                    log.exception("storing a hint for %s failed", target)
                     continue
-                await self.store.put(skey, value, HINT_CONTENT_TYPE, b"", Durability(durability))
                 kept.append(target)
         return kept
 

@@ -122,7 +122,9 @@ class NodeRuntime:
             self.ring, replica, self.keyspaces, transport.send, self._reachable, settings
         )
         self._pending: dict[int, _Pending] = {}
-        self._next_round = 1
+        # Round ids start from the wall clock (microseconds), so a restarted process never takes
+        # a stale reply meant for its previous incarnation's round of the same number.
+        self._next_round = replica.wall() * 1000 + 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._ready = False
