@@ -124,7 +124,8 @@ class HintedWriteRound(WriteRound):
             self.acks.append(self.coordinator)
         self.hinted += [f"{target}@{self.coordinator}" for target in stored_local]
         done = self._finish_if_met()
-        round_id = 0 if done else self.round_id
+        round_id = self.round_id  # acknowledgements asked for even once answered (WriteRound.start)
+        self.clock_encoded = clock_encoded
         effects: list[Effect] = [
             Send(node, ReplicaMerge(round_id, self.keyspace, self.key, clock_encoded, self.durability))
             for node in self.replicas
@@ -142,7 +143,9 @@ class HintedWriteRound(WriteRound):
         return len(self.acks) + len(holders - set(self.acks))
 
     def on_ack(self, replica: str, ok: bool, error: str = "") -> list[Effect]:
-        if self.finished or replica in self.acks or replica in self.failures or replica not in self.replicas:
+        if self.finished:
+            return self._late_ack(replica, ok)
+        if replica in self.acks or replica in self.failures or replica not in self.replicas:
             return []
         if ok:
             self.acks.append(replica)

@@ -37,7 +37,20 @@ class Finish:
     message: str = ""
 
 
-Effect = Send | Finish
+@dataclass(frozen=True, slots=True)
+class Unacked:
+    """The write round settled (all replicas answered, or its deadline passed) and these replicas
+    never acknowledged: the coordinator keeps hints for them (Cassandra hints writes that time
+    out, not only those to replicas known down), so a partition that cut links before the
+    failure detector noticed does not leave them to anti-entropy alone."""
+
+    replicas: tuple[str, ...]
+    keyspace: str
+    key: bytes
+    clock: bytes
+
+
+Effect = Send | Finish | Unacked
 
 
 @dataclass
@@ -53,6 +66,9 @@ class WriteRound:
     acks: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     finished: bool = False
+    # Settled: every replica answered or the deadline passed; the round is then forgotten.
+    settled: bool = False
+    clock_encoded: bytes = b""
 
     def start(self, clock: DVVSet[Sibling]) -> list[Effect]:
         """The coordinator stored `clock`; replicate it."""
@@ -60,17 +76,32 @@ class WriteRound:
         self.acks.append(self.coordinator)
         effects: list[Effect] = []
         done = self._finish_if_met()
-        # Once answered, nobody waits for the rest: ask for no acknowledgement (round id 0).
-        round_id = 0 if done else self.round_id
-        encoded = encode_clock(clock)
+        # Acknowledgements are asked for even once answered: replicas that never give one get hints.
+        self.clock_encoded = encoded = encode_clock(clock)
         for replica in self.replicas:
             if replica != self.coordinator:
-                effects.append(Send(replica, ReplicaMerge(round_id, self.keyspace, self.key, encoded, self.durability)))
+                message = ReplicaMerge(self.round_id, self.keyspace, self.key, encoded, self.durability)
+                effects.append(Send(replica, message))
         effects += done
         return effects
 
+    def _late_ack(self, replica: str, ok: bool) -> list[Effect]:
+        """An acknowledgement after the client was answered: only settling is left to do."""
+        if ok and replica in self.replicas and replica not in self.acks:
+            self.acks.append(replica)
+        if not self.settled and all(r in self.acks for r in self.replicas):
+            self.settled = True
+        return []
+
+    def _settle(self) -> list[Effect]:
+        self.settled = True
+        missing = tuple(r for r in self.replicas if r not in self.acks)
+        return [Unacked(missing, self.keyspace, self.key, self.clock_encoded)] if missing else []
+
     def on_ack(self, replica: str, ok: bool, error: str = "") -> list[Effect]:
-        if self.finished or replica in self.acks or replica in self.failures or replica not in self.replicas:
+        if self.finished:
+            return self._late_ack(replica, ok)
+        if replica in self.acks or replica in self.failures or replica not in self.replicas:
             return []
         if ok:
             self.acks.append(replica)
@@ -86,13 +117,18 @@ class WriteRound:
         return []
 
     def on_tick(self, now_ms: int) -> list[Effect]:
-        if self.finished or now_ms < self.deadline_ms:
+        if self.settled or now_ms < self.deadline_ms:
             return []
-        return self._finish(
-            "timeout",
-            f"timed out with {len(self.acks)} of the {self.required} replicas required acknowledged; "
-            "the outcome is unknown",
-        )
+        if self.finished:
+            return self._settle()
+        return [
+            *self._finish(
+                "timeout",
+                f"timed out with {len(self.acks)} of the {self.required} replicas required acknowledged; "
+                "the outcome is unknown",
+            ),
+            *self._settle(),
+        ]
 
     def _finish_if_met(self) -> list[Effect]:
         if len(self.acks) >= self.required:

@@ -201,10 +201,13 @@ class HintedHandoff:
     async def _carry_out(self, effect: HintEffect) -> None:
         match effect:
             case Replay(delivery_id=did, hint=hint):
-                record = await self.store.get(hint_store_key(hint))
-                if record is None:
-                    self.backlog.remove(hint)
-                    return
+                # Under the hint's lock: `keep` admits a hint to the backlog before its record is
+                # on disk, and a replay that read "no record" in between must not forget it.
+                async with self._locked(hint):
+                    record = await self.store.get(hint_store_key(hint))
+                    if record is None:
+                        self.backlog.remove(hint)
+                        return
                 _, clock = decode_hint(record.value)
                 self.send(hint.target, HintDeliver(did, hint.keyspace, hint.key, clock))
             case Drop(hint=hint, version=version):

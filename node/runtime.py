@@ -61,7 +61,7 @@ from cluster.requests import (
     required_acks,
 )
 from cluster.ring import Ring
-from cluster.rounds import Effect, Finish, ListRound, ReadRound, Send, WriteRound
+from cluster.rounds import Effect, Finish, ListRound, ReadRound, Send, Unacked, WriteRound
 from cluster.siblings import Resolution, Sibling, decode_clock, encode_clock, live
 from cluster.tombstones import RepairSettings
 from node.anti_entropy import AntiEntropyDriver
@@ -437,10 +437,17 @@ class NodeRuntime:
         for effect in effects:
             if isinstance(effect, Send):
                 self.transport.send(effect.to, effect.message)
+            elif isinstance(effect, Unacked):
+                # Hints for replicas that never acknowledged; async durability: the write itself is
+                # already as durable as asked on the replicas that did.
+                self._spawn(self._keep_hints(effect))
             elif pending is not None and not pending.future.done():
                 pending.future.set_result(effect)
         if pending is not None and _done(pending.round):
             self._pending.pop(rid, None)
+
+    async def _keep_hints(self, unacked: Unacked) -> None:
+        await self.hints.keep(unacked.replicas, unacked.keyspace, unacked.key, unacked.clock, "async")
 
     async def _tick_loop(self) -> None:
         while True:
@@ -545,4 +552,6 @@ def _done(round_: WriteRound | ReadRound | ListRound | None) -> bool:
         return False
     if isinstance(round_, ReadRound):
         return round_.repaired
+    if isinstance(round_, WriteRound):
+        return round_.settled
     return round_.finished
