@@ -202,7 +202,10 @@ class AntiEntropy:
 
     def _end_session(self, now_ms: int, wall_ms: int) -> list[AeEffect]:
         self._session = None
-        self._next_start_ms = now_ms + self.settings.interval_ms
+        # The sessions of a pass follow one another (the byte budget paces them); the interval
+        # separates passes. Waiting an interval per (keyspace, peer) made a pass over many
+        # keyspaces take minutes.
+        self._next_start_ms = now_ms
         effects = self._purges(wall_ms)
         return effects + (self._pass_done(now_ms, wall_ms) if not self._pass else [])
 

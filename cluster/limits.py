@@ -306,9 +306,11 @@ class AntiEntropyDefaults:
     """Anti-entropy with Merkle trees and tombstone purging (cluster/merkle.py, cluster/anti_entropy.py,
     cluster/tombstones.py); every one can be overridden per node (TITRA_AE_* environment variables)."""
 
-    # Pause between two exchanges (one peer, one keyspace, a batch of shared ranges). Riak's AAE
-    # exchanges a partition every few seconds; Cassandra's repair is scheduled by the operator.
-    interval_ms: int = 10_000
+    # Pause between two passes (a pass: one exchange per keyspace and peer sharing ranges, back
+    # to back). A pass over equal replicas costs one message of range roots per keyspace and peer,
+    # so it can run often: Riak's AAE exchanges a partition every few seconds; Cassandra's repair
+    # is scheduled by the operator. Short enough that replicas converge within seconds of a heal.
+    interval_ms: int = 2_000
     # Leaves per (keyspace, ring range) tree are 2**depth (Cassandra's repair trees go to depth 20
     # for a whole range; ours are per vnode range, 192 of them in a 3-node cluster).
     merkle_depth: int = 10
