@@ -110,8 +110,9 @@ def prepare_cluster(cluster: Cluster, build: bool) -> None:
         cluster.build()
     if cluster.containers_exist():
         Nemesis(cluster, lambda: 0).heal_all()  # a crashed earlier run may have left a fault behind
-    if not all(cluster.ready(node) for node in cluster.node_ids):
-        cluster.up()
+    # Always: `docker-compose up -d` is a no-op for current containers and recreates those whose
+    # image was rebuilt, so a run never measures the previous build's nodes.
+    cluster.up()
     cluster.wait_healthy()
 
 
