@@ -29,6 +29,7 @@ from cluster.rounds import Send
 from cluster.siblings import STORED_CONTENT_TYPE, Sibling, decode_clock, live, meta_is_deleted
 from cluster.store import ScanPage
 from cluster.tombstones import RepairSettings
+from node.background import spawn
 from node.keyspaces import KeyspaceRegistry
 
 log = logging.getLogger("titra.anti_entropy")
@@ -192,15 +193,7 @@ class AntiEntropyDriver:
             raise
 
     def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("anti-entropy task failed")
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, work, log, "anti-entropy task")
 
     def status(self) -> dict[str, object]:
         return {"enabled": self.enabled, "ready": self.ready, "build_seconds": round(self.build_seconds, 3),

@@ -39,6 +39,7 @@ from cluster.ring import Ring
 from cluster.siblings import Resolution, decode_clock, encode_clock
 from cluster.store import Durability, StoreError
 from cluster.tombstones import RepairSettings
+from node.background import spawn
 from node.keyspaces import KeyspaceRegistry
 
 log = logging.getLogger("titra.hints")
@@ -224,15 +225,7 @@ class HintedHandoff:
                     self.backlog.remove(hint)
 
     def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("hinted handoff task failed")
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, work, log, "hinted handoff task")
 
     def status(self) -> dict[str, object]:
         return {"enabled": self.enabled, **self.backlog.stats()}

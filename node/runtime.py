@@ -65,6 +65,7 @@ from cluster.rounds import Effect, Finish, ListRound, ReadRound, Send, Unacked, 
 from cluster.siblings import Resolution, Sibling, decode_clock, encode_clock, live
 from cluster.tombstones import RepairSettings
 from node.anti_entropy import AntiEntropyDriver
+from node.background import spawn
 from node.hints import HintedHandoff
 from node.idempotency import IdempotencyTable
 from node.keyspaces import KeyspaceRegistry
@@ -495,12 +496,7 @@ class NodeRuntime:
                 self._spawn(self._serve(sender, message))
 
     def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            await work
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, work, log, "runtime task")
 
     async def _serve(self, sender: str, message: Message) -> None:
         """Answer a peer's request. Errors are answered, never raised into the transport."""
