@@ -18,7 +18,9 @@ Rules:
 - Clocks and version vectors are canonical (entries sorted by node, no zero counters), so equal
   histories compare equal with `==`.
 - `to_wire`/`from_wire` are the msgpack edge. `from_wire` parses untrusted input and raises
-  `ClockDecodeError`; everything else treats a broken invariant as a bug (`assert`).
+  `ClockDecodeError`; everything else builds canonical values by construction. The constructors do
+  not re-check it (they run several times per replicated write); `invariant_violations` states the
+  invariants, and the property tests hold every result to them.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -53,11 +55,6 @@ class VersionVector:
     """A causal context: per node, how many of its events are known. Build with `of`."""
 
     counters: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        nodes = [node for node, _ in self.counters]
-        assert nodes == sorted(set(nodes)), "version vector nodes must be sorted and distinct"
-        assert all(counter > 0 for _, counter in self.counters), "zero counters are left out"
 
     @staticmethod
     def of(counters: Mapping[str, int]) -> "VersionVector":
@@ -119,20 +116,12 @@ class Entry(Generic[V_co]):
     counter: int
     values: tuple[V_co, ...] = ()
 
-    def __post_init__(self) -> None:
-        assert 0 < self.counter <= COUNTER_MAX, f"counter {self.counter} out of range"
-        assert len(self.values) <= self.counter, "more live values than events"
-
 
 @dataclass(frozen=True, slots=True)
 class DVVSet(Generic[V_co]):
     """One key's sibling values with their causal history, on one replica."""
 
     entries: tuple[Entry[V_co], ...] = ()
-
-    def __post_init__(self) -> None:
-        nodes = [entry.node for entry in self.entries]
-        assert nodes == sorted(set(nodes)), "clock entries must be sorted by node and distinct"
 
     def to_wire(self, encode_value: Callable[[V_co], object]) -> list[tuple[str, int, list[object]]]:
         return [(e.node, e.counter, [encode_value(v) for v in e.values]) for e in self.entries]
@@ -141,21 +130,79 @@ class DVVSet(Generic[V_co]):
     def from_wire(
         data: object, decode_value: Callable[[object], V], limits: ClockDefaults = CLOCK_DEFAULTS
     ) -> "DVVSet[V]":
-        """Parse a clock; `decode_value` must raise ClockDecodeError on a malformed value."""
+        """Parse a clock; `decode_value` must raise ClockDecodeError on a malformed value.
+
+        Every replicated write decodes one, so the well-formed case runs inline checks only;
+        `_explain_clock` re-walks a clock that fails them to name the problem."""
+        if type(data) is not list or len(data) > limits.clock_entries_max:
+            raise _explain_clock(data, limits)
         entries: list[Entry[V]] = []
         siblings = 0
-        for index, item in enumerate(_sequence(data, "clock", limits.clock_entries_max)):
-            where = f"clock entry {index}"
-            node, counter, items = _sequence(item, where, 3, exact=True)
-            count = _counter(counter, where)
-            live = _sequence(items, f"{where} values", count)
+        previous = ""
+        for item in data:
+            if type(item) is not list or len(item) != 3:
+                raise _explain_clock(data, limits)
+            node, count, live = item
+            if (
+                type(node) is not str
+                or not previous < node
+                or (
+                    len(node) > limits.node_id_bytes_max // 4
+                    and len(node.encode("utf-8", "surrogatepass")) > limits.node_id_bytes_max
+                )
+                or type(count) is not int
+                or not 0 < count <= COUNTER_MAX
+                or type(live) is not list
+                or len(live) > count
+            ):
+                raise _explain_clock(data, limits)
             siblings += len(live)
             if siblings > limits.siblings_max:
                 raise ClockDecodeError(f"clock has more than {limits.siblings_max} sibling values")
-            decoded = tuple(decode_value(value) for value in live)
-            entries.append(Entry(_node_id(node, where, limits), count, decoded))
-        _check_sorted([entry.node for entry in entries])
+            entries.append(Entry(node, count, tuple([decode_value(value) for value in live])))
+            previous = node
         return DVVSet(tuple(entries))
+
+
+def _explain_clock(data: object, limits: ClockDefaults) -> ClockDecodeError:
+    """The error naming what is wrong with a clock that failed from_wire's fast checks."""
+    try:
+        nodes = []
+        for index, item in enumerate(_sequence(data, "clock", limits.clock_entries_max)):
+            where = f"clock entry {index}"
+            node, counter, items = _sequence(item, where, 3, exact=True)
+            _sequence(items, f"{where} values", _counter(counter, where))
+            nodes.append(_node_id(node, where, limits))
+        _check_sorted(nodes)
+    except ClockDecodeError as exc:
+        return exc
+    return ClockDecodeError("clock is malformed")
+
+
+def invariant_violations(clock: "DVVSet[object]") -> list[str]:
+    """What is wrong with a clock built in this process (empty when canonical): the invariants
+    every function here keeps and the constructors no longer check on each call."""
+    problems = []
+    nodes = [entry.node for entry in clock.entries]
+    if nodes != sorted(set(nodes)):
+        problems.append("clock entries must be sorted by node and distinct")
+    for entry in clock.entries:
+        if not 0 < entry.counter <= COUNTER_MAX:
+            problems.append(f"counter {entry.counter} of {entry.node!r} is out of range")
+        if len(entry.values) > entry.counter:
+            problems.append(f"{entry.node!r} has more live values than events")
+    return problems
+
+
+def vector_violations(vector: VersionVector) -> list[str]:
+    """What is wrong with a version vector built in this process (empty when canonical)."""
+    nodes = [node for node, _ in vector.counters]
+    problems = []
+    if nodes != sorted(set(nodes)):
+        problems.append("version vector nodes must be sorted and distinct")
+    if not all(counter > 0 for _, counter in vector.counters):
+        problems.append("zero counters are left out")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

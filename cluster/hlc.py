@@ -58,11 +58,8 @@ class Timestamp:
     physical_ms: int
     logical: int
     node_id: str
-
-    def __post_init__(self) -> None:
-        assert 0 <= self.physical_ms <= PHYSICAL_MS_MAX, f"physical_ms {self.physical_ms} out of range"
-        assert 0 <= self.logical <= LOGICAL_WIRE_MAX, f"logical {self.logical} out of range"
-        assert self.node_id, "a timestamp names the node that minted it"
+    # No __post_init__ check: every sibling decoded builds one. `from_wire`/`decode` check what
+    # comes from outside and `HybridClock` what it mints.
 
     def encode(self) -> str:
         """E.g. '018c2b3f4a10.00000003.n1'; sorts like the timestamp."""

@@ -52,44 +52,83 @@ def wall_ms() -> int:
 
 
 class Replica:
-    def __init__(
-        self, node_id: str, store: Store, clock: HybridClock, wall: Callable[[], int] = wall_ms
-    ) -> None:
+    def __init__(self, node_id: str, store: Store, clock: HybridClock, wall: Callable[[], int] = wall_ms) -> None:
         self.node_id = node_id
         self.store = store
         self.clock = clock
         # Wall-clock milliseconds; a simulator passes its virtual clock here.
         self.wall = wall
         self._key_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+        # scoped key -> (stored bytes, their decoded clock), oldest first; see _load.
+        self._decoded: dict[bytes, tuple[bytes, DVVSet[Sibling]]] = {}
         # Called after every write of a key, with the stored clock and its encoding (None, None: the
         # key was purged); anti-entropy's Merkle trees are kept current from here (cluster/merkle.py).
         self.save_listeners: list[Callable[[bytes, DVVSet[Sibling] | None, bytes | None], None]] = []
 
-    @asynccontextmanager
-    async def _locked(self, key: bytes) -> AsyncIterator[None]:
-        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+    async def _lock(self, key: bytes) -> None:
+        """Take the key's lock; every caller releases it with `_unlock` in a `finally`. (Plain
+        calls, not a context manager: this runs for every replicated write.)"""
+        held = self._key_locks.get(key)
+        if held is None:
+            # Uncontended, the usual case: the lock is created taken, with no await.
+            lock = asyncio.Lock()
+            self._key_locks[key] = (lock, 1)
+            await lock.acquire()  # free, so it returns at once
+            return
+        lock, users = held
         self._key_locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
+            await lock.acquire()
+        except BaseException:
+            self._unlock(key, acquired=False)
+            raise
+
+    def _unlock(self, key: bytes, acquired: bool = True) -> None:
+        lock, users = self._key_locks[key]
+        if acquired:
+            lock.release()
+        if users == 1:
+            del self._key_locks[key]
+        else:
+            self._key_locks[key] = (lock, users - 1)
+
+    @asynccontextmanager
+    async def _locked(self, key: bytes) -> AsyncIterator[None]:
+        await self._lock(key)
+        try:
+            yield
         finally:
-            lock, users = self._key_locks[key]
-            if users == 1:
-                del self._key_locks[key]
-            else:
-                self._key_locks[key] = (lock, users - 1)
+            self._unlock(key)
 
     async def _load(self, skey: bytes) -> DVVSet[Sibling] | None:
         record = await self.store.get(skey)
-        return None if record is None else decode_clock(record.value)
+        if record is None:
+            return None
+        # Our own stored bytes decode to what we last saved or loaded for the key: reuse it. Equal
+        # bytes mean an equal clock whoever wrote them, so the cache cannot go stale.
+        cached = self._decoded.get(skey)
+        if cached is not None and cached[0] == record.value:
+            return cached[1]
+        clock = decode_clock(record.value)
+        self._remember(skey, record.value, clock)
+        return clock
+
+    def _remember(self, skey: bytes, encoded: bytes, clock: DVVSet[Sibling]) -> None:
+        decoded = self._decoded
+        decoded.pop(skey, None)
+        decoded[skey] = (encoded, clock)
+        if len(decoded) > CLOCK_DEFAULTS.decoded_clocks_cached:
+            del decoded[next(iter(decoded))]
 
     async def _save(self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str) -> None:
         """The one place a replica writes a key (None: purges it)."""
         encoded = None
         if clock is None:
+            self._decoded.pop(skey, None)
             await self.store.delete(skey, Durability(durability))
         else:
             encoded = encode_clock(clock)
+            self._remember(skey, encoded, clock)
             await self.store.put(skey, encoded, STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
         for listener in self.save_listeners:
             listener(skey, clock, encoded)
@@ -129,52 +168,80 @@ class Replica:
         durability: str,
     ) -> Minted:
         skey = scoped_key(keyspace, key)
-        async with self._locked(skey):
-            local = await self._load(skey) or DVVSet()
-            if if_match is not None and dvv.join(local) != if_match:
-                return Minted(
-                    WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context"
-                )
-            if if_none_match and live(local):
-                return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-None-Match: the key has a value")
-            if deleted and context is None:
-                # A delete without a context removes what this replica holds now, as Riak's delete
-                # fetches the object's clock first; a blind tombstone would only become a sibling.
-                context = dvv.join(local)
-            self._observe(local)
-            stamp = self.clock.now(self.wall())
-            sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
-            # A replica without an entry of its own for the key may have minted dots for it before
-            # a tombstone purge removed them; a counter from the hybrid clock (which every mint
-            # advances) is above them all (Riak KV 2.0's key epochs solve the same problem).
-            first = (stamp.physical_ms << 14) + min(stamp.logical, 2**14 - 1) + 1
-            updated = resolve(
-                dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id, first), resolution
+        await self._lock(skey)
+        try:
+            return await self._mint_locked(
+                skey,
+                resolution,
+                sibling_value,
+                content_type,
+                deleted,
+                deps,
+                context,
+                if_match,
+                if_none_match,
+                durability,
             )
-            if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
-                return Minted(
-                    WriteStatus.SIBLINGS_LIMIT,
-                    None,
-                    None,
-                    f"the key would have {dvv.size(updated)} siblings; the limit is {CLOCK_DEFAULTS.siblings_max}: "
-                    "read it and write with its context to resolve them",
-                )
-            if total_bytes(updated) > REQUEST_DEFAULTS.sibling_set_bytes_max:
-                return Minted(
-                    WriteStatus.SIBLINGS_LIMIT,
-                    None,
-                    None,
-                    f"the key's siblings would hold {total_bytes(updated)} bytes; the limit is "
-                    f"{REQUEST_DEFAULTS.sibling_set_bytes_max}: resolve them by writing with their context",
-                )
-            await self._save(skey, updated, durability)
-            return Minted(WriteStatus.OK, updated, stamp)
+        finally:
+            self._unlock(skey)
+
+    async def _mint_locked(
+        self,
+        skey: bytes,
+        resolution: Resolution,
+        sibling_value: bytes,
+        content_type: str,
+        deleted: bool,
+        deps: tuple[tuple[bytes, VersionVector], ...],
+        context: VersionVector | None,
+        if_match: VersionVector | None,
+        if_none_match: bool,
+        durability: str,
+    ) -> Minted:
+        local = await self._load(skey) or DVVSet()
+        if if_match is not None and dvv.join(local) != if_match:
+            return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context")
+        if if_none_match and live(local):
+            return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-None-Match: the key has a value")
+        if deleted and context is None:
+            # A delete without a context removes what this replica holds now, as Riak's delete
+            # fetches the object's clock first; a blind tombstone would only become a sibling.
+            context = dvv.join(local)
+        self._observe(local)
+        stamp = self.clock.now(self.wall())
+        sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
+        # A replica without an entry of its own for the key may have minted dots for it before
+        # a tombstone purge removed them; a counter from the hybrid clock (which every mint
+        # advances) is above them all (Riak KV 2.0's key epochs solve the same problem).
+        first = (stamp.physical_ms << 14) + min(stamp.logical, 2**14 - 1) + 1
+        updated = resolve(
+            dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id, first), resolution
+        )
+        if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
+            return Minted(
+                WriteStatus.SIBLINGS_LIMIT,
+                None,
+                None,
+                f"the key would have {dvv.size(updated)} siblings; the limit is {CLOCK_DEFAULTS.siblings_max}: "
+                "read it and write with its context to resolve them",
+            )
+        if total_bytes(updated) > REQUEST_DEFAULTS.sibling_set_bytes_max:
+            return Minted(
+                WriteStatus.SIBLINGS_LIMIT,
+                None,
+                None,
+                f"the key's siblings would hold {total_bytes(updated)} bytes; the limit is "
+                f"{REQUEST_DEFAULTS.sibling_set_bytes_max}: resolve them by writing with their context",
+            )
+        await self._save(skey, updated, durability)
+        return Minted(WriteStatus.OK, updated, stamp)
 
     async def merge(self, keyspace: str, resolution: Resolution, key: bytes, encoded: bytes, durability: str) -> bool:
         """Merge a clock from another replica; True if the local state changed."""
         incoming = decode_clock(encoded)
         skey = scoped_key(keyspace, key)
-        async with self._locked(skey):
+        await self._lock(skey)
+        try:
             local = await self._load(skey)
             merged = resolve(incoming if local is None else dvv.sync(local, incoming), resolution)
             if local is not None and merged == local:
@@ -182,6 +249,8 @@ class Replica:
             self._observe(merged)
             await self._save(skey, merged, durability)
             return True
+        finally:
+            self._unlock(skey)
 
     async def read(self, keyspace: str, key: bytes) -> bytes | None:
         record = await self.store.get(scoped_key(keyspace, key))

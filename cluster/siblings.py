@@ -18,7 +18,11 @@ import msgpack
 
 from cluster import dvv
 from cluster.dvv import ClockDecodeError, DVVSet, VersionVector
-from cluster.hlc import Timestamp, TimestampDecodeError
+from cluster.hlc import LOGICAL_WIRE_MAX, PHYSICAL_MS_MAX, Timestamp, TimestampDecodeError
+from cluster.limits import CLOCK_DEFAULTS
+
+# A node id of at most this many characters is within node_id_bytes_max whatever its encoding.
+_NODE_ID_CHARS_SURELY_OK = CLOCK_DEFAULTS.node_id_bytes_max // 4
 
 # The content type of the stored sibling set inside the local store.
 STORED_CONTENT_TYPE = "application/vnd.titra.dvvset+msgpack"
@@ -51,6 +55,33 @@ def _sibling_to_wire(sibling: Sibling) -> object:
 
 
 def _sibling_from_wire(data: object) -> Sibling:
+    # Every replicated write decodes its siblings: the usual shape (no dependencies) is checked
+    # inline; anything else takes the path that names what is wrong.
+    if type(data) is list and len(data) == 5:
+        value, content_type, timestamp, deleted, deps = data
+        if (
+            type(value) is bytes
+            and type(content_type) is str
+            and type(deleted) is bool
+            and not deps
+            and type(deps) is list
+            and type(timestamp) is list
+            and len(timestamp) == 3
+        ):
+            physical, logical, node = timestamp
+            if (
+                type(physical) is int
+                and 0 <= physical <= PHYSICAL_MS_MAX
+                and type(logical) is int
+                and 0 <= logical <= LOGICAL_WIRE_MAX
+                and type(node) is str
+                and 0 < len(node) <= _NODE_ID_CHARS_SURELY_OK
+            ):
+                return Sibling(value, content_type, Timestamp(physical, logical, node), deleted)
+    return _sibling_from_wire_checked(data)
+
+
+def _sibling_from_wire_checked(data: object) -> Sibling:
     if not isinstance(data, list | tuple) or len(data) != 5:
         raise ClockDecodeError("a sibling must be a list of 5 items")
     value, content_type, timestamp, deleted, deps = data
@@ -111,7 +142,9 @@ def total_bytes(clock: DVVSet[Sibling]) -> int:
 def record_meta(clock: DVVSet[Sibling]) -> bytes:
     """The store record's metadata: the key's version vector and whether it is only tombstones,
     so listings and repair can skip or compare keys without decoding values."""
-    return bytes(msgpack.packb([dvv.join(clock).to_wire(), not live(clock)], use_bin_type=True))
+    counters = [(entry.node, entry.counter) for entry in clock.entries]
+    only_tombstones = all(s.deleted for entry in clock.entries for s in entry.values)
+    return bytes(msgpack.packb([counters, only_tombstones], use_bin_type=True))
 
 
 def meta_is_deleted(meta: bytes) -> bool:

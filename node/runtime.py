@@ -123,6 +123,9 @@ class NodeRuntime:
             self.ring, replica, self.keyspaces, transport.send, self._reachable, settings
         )
         self._pending: dict[int, _Pending] = {}
+        # _reachable's memo: the loop millisecond it holds, and node id -> reachable.
+        self._reachable_ms = -1
+        self._reachable_now: dict[str, bool] = {}
         # Round ids start from the wall clock (microseconds), so a restarted process never takes
         # a stale reply meant for its previous incarnation's round of the same number.
         self._next_round = replica.wall() * 1000 + 1
@@ -156,8 +159,17 @@ class NodeRuntime:
 
     def _reachable(self, node_id: str) -> bool:
         """Connected, and not convicted by the failure detector: a down replica is skipped at once
-        instead of costing a request its timeout."""
-        return self.transport.is_reachable(node_id) and not (self.members is not None and self.members.is_down(node_id))
+        instead of costing a request its timeout. Remembered for the rest of the millisecond: a
+        write asks for each replica twice, and the detector's phi is not free."""
+        now_ms = self._now_ms()
+        if now_ms != self._reachable_ms:
+            self._reachable_ms, self._reachable_now = now_ms, {}
+        known = self._reachable_now.get(node_id)
+        if known is None:
+            known = self._reachable_now[node_id] = self.transport.is_reachable(node_id) and not (
+                self.members is not None and self.members.is_down(node_id)
+            )
+        return known
 
     def _round_id(self) -> int:
         rid = self._next_round
@@ -429,7 +441,9 @@ class NodeRuntime:
         future: asyncio.Future[Finish | WriteOutcome] = asyncio.get_running_loop().create_future()
         self._pending[round_.round_id] = _Pending(round_, future)
         self._apply(round_.round_id, effects)
-        got = await asyncio.shield(future)
+        # Not shielded: a cancelled caller cancels only this future; the round goes on, and
+        # _apply never sets a result on a future that is done.
+        got = await future
         assert isinstance(got, Finish)
         return got
 

@@ -40,11 +40,19 @@ class HttpMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        # Label values -> (counter child, histogram child): prometheus-client's `labels()` checks
+        # and joins the values on every call, a visible share of a request's CPU. The label
+        # values are bounded (module docstring), so this holds at most as many as the registry.
+        self._children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, level: str, seconds: float) -> None:
-        labels = (route, method if method in _METHODS else "OTHER", str(status), level)
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (route, method if method in _METHODS else "OTHER", status, level)
+        children = self._children.get(key)
+        if children is None:
+            labels = (key[0], key[1], str(status), level)
+            children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_repair(self, source: "RepairStatus") -> None:
         """Export hinted handoff and anti-entropy progress (node/runtime.py repair_status)."""

@@ -21,6 +21,8 @@ from cluster.dvv import (
     DVVSet,
     Entry,
     VersionVector,
+    invariant_violations,
+    vector_violations,
     wire_bytes,
 )
 from cluster.limits import ClockDefaults
@@ -111,6 +113,26 @@ def test_every_replica_holds_exactly_the_values_no_known_write_superseded(snapsh
         assert value_dots(snap.clock) == {w.value: w.dot for w in live}
         assert dvv.size(snap.clock) == len(live)
         assert dvv.join(snap.clock) == model_join(snap.known)
+
+
+@given(histories, indices, indices)
+def test_every_clock_and_context_built_is_canonical(snapshots: list[Snapshot], i: int, j: int) -> None:
+    # The constructors trust their callers; this is where the invariants are held.
+    merged = dvv.sync(pick(snapshots, i).clock, pick(snapshots, j).clock)
+    for clock in [*(snap.clock for snap in snapshots), merged]:
+        assert invariant_violations(clock) == []
+        assert vector_violations(dvv.join(clock)) == []
+
+
+def test_the_invariant_checks_name_what_is_broken() -> None:
+    unsorted = DVVSet((Entry("b", 1, (b"x",)), Entry("a", 1)))
+    assert invariant_violations(unsorted) == ["clock entries must be sorted by node and distinct"]
+    assert invariant_violations(DVVSet((Entry("a", 1, (b"x", b"y")),))) == ["'a' has more live values than events"]
+    assert invariant_violations(DVVSet((Entry("a", 0),))) == ["counter 0 of 'a' is out of range"]
+    assert vector_violations(VersionVector((("b", 1), ("a", 2)))) == [
+        "version vector nodes must be sorted and distinct"
+    ]
+    assert vector_violations(VersionVector((("a", 0),))) == ["zero counters are left out"]
 
 
 @given(histories, indices, indices, indices)
