@@ -16,6 +16,9 @@ asyncio driver (node.storage.transaction) turns "queued" into a future and a tim
   and its driver aborts it, which releases its locks and breaks the cycle.
 - A transaction releases everything at commit or abort (strict two-phase locking); `release`
   drops one shared lock early, for callers that want short read locks.
+- `try_lock_key_exclusive` is `request` for the common case of an autocommit write (a new
+  transaction that wants one exclusive key lock) when nothing overlapping is held or awaited: the
+  same decision `request` would make, with no request object, queue or wait-for graph.
 """
 
 import enum
@@ -99,6 +102,10 @@ class LockManager:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
+    def held_count(self) -> int:
+        """Locks granted and not yet released, over all transactions."""
+        return sum(len(held) for held in self._held.values())
+
     def holds(self, txn: int, resource: Resource, mode: LockMode) -> bool:
         held = self._held.get(txn, {}).get(resource)
         return held is LockMode.EXCLUSIVE or held is mode
@@ -127,6 +134,29 @@ class LockManager:
                 break
         return LockOutcome(request_id, granted=False, victims=tuple(victims))
 
+    def try_lock_key_exclusive(self, txn: int, key: bytes) -> bool:
+        """Grant `txn`, a transaction holding no locks, an exclusive lock on `key` if no one holds
+        a lock that overlaps it and no one waits for one; else change nothing and return False, and
+        the caller goes through `request` (which then queues it and looks for deadlocks).
+
+        This is exactly when `request` would grant at once: an exclusive lock conflicts with every
+        overlapping holder, and, FIFO, with every overlapping waiter (all are earlier, and a new
+        transaction's request is no upgrade). A granted request never waits, so it adds no edge to
+        the wait-for graph. Commonly one dict lookup: ranges and waiters are rare.
+        """
+        assert txn not in self._held and txn not in self._waiting_of_txn, "only for a new transaction"
+        if key in self._key_holders:
+            return False
+        resource = KeyLock(key)
+        if self._range_holders and any(rng.contains(key) for rng in self._range_holders):
+            return False
+        if self._waiting and any(_overlap(w.resource, resource) for w in self._waiting.values()):
+            return False
+        mode = LockMode.EXCLUSIVE  # an enum member lookup is not free (3.11): once
+        self._held[txn] = {resource: mode}
+        self._key_holders[key] = {txn: mode}
+        return True
+
     def cancel(self, request_id: int) -> list[LockRequest]:
         """Withdraw a waiting request (lock timeout). Returns requests granted as a result."""
         req = self._waiting.get(request_id)
@@ -148,10 +178,12 @@ class LockManager:
         waiting_id = self._waiting_of_txn.get(txn)
         if waiting_id is not None:
             self._remove_waiting(self._waiting[waiting_id])
-        for resource in list(self._held.get(txn, {})):
-            self._ungrant(txn, resource)
-        self._held.pop(txn, None)
-        return self._grant_waiters()
+        held = self._held.pop(txn, None)
+        if held is not None:
+            for resource in held:
+                self._unindex(txn, resource)
+        # Nothing waits in the common case (uncontended autocommit writes): skip the queue pass.
+        return self._grant_waiters() if self._waiting else []
 
     # --- internals -------------------------------------------------------------------------
 
@@ -205,6 +237,10 @@ class LockManager:
 
     def _ungrant(self, txn: int, resource: Resource) -> None:
         self._held[txn].pop(resource, None)
+        self._unindex(txn, resource)
+
+    def _unindex(self, txn: int, resource: Resource) -> None:
+        """Drop a lock of `txn` from the conflict-check indexes (not from `_held`)."""
         if isinstance(resource, KeyLock):
             holders = self._key_holders.get(resource.key)
             if holders is not None:

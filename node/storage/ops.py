@@ -40,14 +40,18 @@ class PayloadDecodeError(ValueError):
     """A commit payload that passed its checksum but is not a valid list of operations."""
 
 
-def encode_commit(ops: list[WriteOp]) -> bytes:
+def encode_commit(ops: list[WriteOp], packer: msgpack.Packer | None = None) -> bytes:
+    """`packer`: a Packer(use_bin_type=True) to reuse, which only one thread may use. Reusing one
+    saves packb's new Packer and buffer per call, over a third of the cost of a one-write commit."""
     wire: list[list[object]] = []
     for op in ops:
         if isinstance(op, Put):
             wire.append([_PUT, op.key, op.value, op.content_type, op.meta])
         else:
             wire.append([_DELETE, op.key])
-    return bytes(msgpack.packb(wire, use_bin_type=True))
+    if packer is None:
+        return bytes(msgpack.packb(wire, use_bin_type=True))
+    return bytes(packer.pack(wire))  # autoreset: returns the bytes and empties the buffer
 
 
 def decode_commit(payload: bytes) -> list[WriteOp]:

@@ -20,24 +20,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
+import msgpack
+
 from cluster.limits import STORE_DEFAULTS, STORE_LIMITS, StoreLimits
 from cluster.store import (
     DEFAULT_CONTENT_TYPE,
     DeadlockDetected,
     Durability,
     Isolation,
+    LimitExceeded,
     LockTimeout,
     Record,
     ScanPage,
     Store,
     StoreClosed,
     StoreFailed,
+    check_key,
+    check_record,
 )
 from node.storage.checkpoint import LoadedCheckpoint, remove_old_checkpoints, write_checkpoint
 from node.storage.disk import Disk, OsDisk, join
+from node.storage.framing import RecordType
 from node.storage.locks import KeyLock, LockManager, LockMode, LockRequest, Resource
 from node.storage.memtable import Memtable
-from node.storage.ops import WriteOp
+from node.storage.ops import Delete, Put, WriteOp, encode_commit
 from node.storage.recovery import CHECKPOINT_DIR, WAL_DIR, RecoveryReport, recover
 from node.storage.transaction import WalTransaction
 from node.storage.wal import WalWriter
@@ -90,6 +96,18 @@ class WalStore:
         self._checkpoint_lock = asyncio.Lock()
         self._checkpointer: asyncio.Task[None] | None = None
         self.stats = StoreStats()
+        # Commit records are encoded on the event loop only, so one reusable packer serves them all
+        # (its buffer may keep the size of the largest commit: at most transaction_bytes_max).
+        self.commit_packer = msgpack.Packer(use_bin_type=True)
+        # Whether the limits let any single valid write fit in a transaction (they do by default,
+        # asserted in cluster.limits): then an autocommit write needs no transaction size check.
+        self._any_write_fits = (
+            self.limits.key_bytes_max
+            + self.limits.value_bytes_max
+            + self.limits.content_type_bytes_max
+            + self.limits.meta_bytes_max
+            <= self.limits.transaction_bytes_max
+        )
 
     @classmethod
     async def open(cls, path: str, config: StoreConfig | None = None, disk: Disk | None = None) -> "WalStore":
@@ -133,8 +151,20 @@ class WalStore:
     # --- the Store protocol ------------------------------------------------------------------
 
     async def get(self, key: bytes) -> Record | None:
-        async with self.transaction(Isolation.READ_COMMITTED) as tx:
-            return await tx.get(key)
+        # A READ COMMITTED read of one key is a memtable lookup: the memtable holds exactly the
+        # committed state (uncommitted writes never enter it, see "Visibility" in docs/storage.md)
+        # and READ COMMITTED takes no read locks, so no transaction, context manager or lock.
+        self._check_open()
+        check_key(key, self.limits)
+        return self.memtable.get(key)
+
+    # put and delete are autocommit transactions of one write, the replication layer's hot path.
+    # They skip WalTransaction (no write buffer, undo log or savepoints to keep) but lock as it
+    # does: the key's exclusive lock is taken before the record is logged and released only after
+    # the record is applied to the memtable, so a transaction holding a shared key or range lock
+    # on the key blocks the write and vice versa. The lock is usually free, and then
+    # LockManager.try_lock_key_exclusive grants it with a dict lookup; otherwise the write queues
+    # through the general path (FIFO, deadlock detection, lock timeout).
 
     async def put(
         self,
@@ -144,28 +174,80 @@ class WalStore:
         meta: bytes = b"",
         durability: Durability = Durability.FSYNC,
     ) -> int:
-        tx = self.begin(Isolation.READ_COMMITTED, durability)
-        try:
-            await tx.put(key, value, content_type, meta)
-        except BaseException:
-            await tx.rollback()
-            raise
-        lsn = await tx.commit()
-        assert lsn is not None
-        return lsn
+        self._check_open()
+        check_key(key, self.limits)
+        check_record(value, content_type, meta, self.limits)
+        op = Put(key, value, content_type, meta)
+        self._check_transaction_bytes(op)
+        durability = _as_durability(durability)
+        txn = self._new_txn_id()
+        if not self.locks.try_lock_key_exclusive(txn, key):
+            await self._wait_for_key_lock(txn, key)
+        return await self._log_and_apply(txn, op, durability)
 
     async def delete(self, key: bytes, durability: Durability = Durability.FSYNC) -> bool:
-        tx = self.begin(Isolation.READ_COMMITTED, durability)
+        self._check_open()
+        check_key(key, self.limits)
+        op = Delete(key)
+        self._check_transaction_bytes(op)
+        durability = _as_durability(durability)
+        txn = self._new_txn_id()
+        if not self.locks.try_lock_key_exclusive(txn, key):
+            await self._wait_for_key_lock(txn, key)
+        # Under the key's exclusive lock the memtable holds its latest committed value: every
+        # other writer of the key released the lock only after applying its record.
+        if self.memtable.get(key) is None:
+            self.release_locks(txn)  # nothing to delete: no log record
+            return False
+        await self._log_and_apply(txn, op, durability)
+        return True
+
+    def _check_transaction_bytes(self, op: WriteOp) -> None:
+        if self._any_write_fits:
+            return
+        if op.size_bytes > self.limits.transaction_bytes_max:
+            raise LimitExceeded("transaction", op.size_bytes, self.limits.transaction_bytes_max)
+
+    async def _wait_for_key_lock(self, txn: int, key: bytes) -> None:
         try:
-            existed = await tx.delete(key)
+            await self.acquire_lock(txn, KeyLock(key), LockMode.EXCLUSIVE)
         except BaseException:
-            await tx.rollback()
+            # A timeout or deadlock left nothing behind, but a cancelled wait leaves the request
+            # queued (or just granted): drop it, as WalTransaction's rollback does.
+            self.release_locks(txn)
             raise
-        if existed:
-            await tx.commit()
-        else:
-            await tx.rollback()  # nothing to delete: no log record
-        return existed
+
+    def _log_and_apply(self, txn: int, op: WriteOp, durability: Durability) -> "asyncio.Future[int]":
+        """Log the one write of autocommit transaction `txn`, which holds `op.key`'s exclusive lock.
+
+        The lock is released in the log writer's callbacks, after the record is applied to the
+        memtable (or the log failed), never by the awaiting task: as for WalTransaction.commit, a
+        cancelled caller does not cancel the commit, and no one can slip between log and state."""
+        ops = [op]
+        key = op.key
+        # Until it is applied the write is uncommitted: READ UNCOMMITTED readers see it, as they
+        # see WalTransaction's. Only the holder of the key's exclusive lock sets or clears the
+        # key's dirty entry, so while we hold it the entry is ours.
+        self.dirty[key] = (txn, op)
+
+        def end() -> None:
+            del self.dirty[key]
+            self.release_locks(txn)
+
+        def written(lsn: int) -> None:
+            self.memtable.apply(lsn, ops)
+            end()
+
+        def failed(_exc: BaseException) -> None:
+            end()
+
+        try:
+            payload = encode_commit(ops, self.commit_packer)
+            return self.wal.append(RecordType.COMMIT, payload, durability, written, failed)
+        except BaseException:
+            # The log refused the record (failed or closed): nothing was written.
+            end()
+            raise
 
     async def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int | None = None) -> ScanPage:
         async with self.transaction(Isolation.READ_COMMITTED) as tx:
@@ -174,11 +256,18 @@ class WalStore:
     def begin(
         self, isolation: Isolation = Isolation.SERIALIZABLE, durability: Durability = Durability.FSYNC
     ) -> WalTransaction:
+        self._check_open()
+        return WalTransaction(self, self._new_txn_id(), Isolation(isolation), Durability(durability))
+
+    def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed("the store is closed")
+
+    def _new_txn_id(self) -> int:
+        """Ids increase with age: the lock manager picks the youngest (highest) as deadlock victim."""
         txn_id = self._next_txn_id
         self._next_txn_id += 1
-        return WalTransaction(self, txn_id, Isolation(isolation), Durability(durability))
+        return txn_id
 
     @asynccontextmanager
     async def transaction(
@@ -226,13 +315,16 @@ class WalStore:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self.config.lock_timeout_ms / 1000)
         except TimeoutError:
-            self._lock_waiters.pop(outcome.request_id, None)
             self._wake(self.locks.cancel(outcome.request_id))
             self.stats.lock_timeouts += 1
             raise LockTimeout(
                 f"transaction {txn} waited over {self.config.lock_timeout_ms} ms for a "
                 f"{mode.name.lower()} lock on {_describe(resource)}"
             ) from None
+        finally:
+            # Granted, failed, timed out or cancelled: no one will resolve this waiter any more (a
+            # cancelled caller's request is dropped by its release_locks).
+            self._lock_waiters.pop(outcome.request_id, None)
 
     def release_locks(self, txn: int) -> None:
         self._wake(self.locks.release_all(txn))
@@ -283,6 +375,12 @@ class WalStore:
                 self.stats.checkpoint_failures += 1
                 log.exception("checkpoint failed; will retry")
             last = loop.time()
+
+
+def _as_durability(durability: Durability | str) -> Durability:
+    """Accept the enum's string value as begin() does, without the enum call's cost when it is the
+    enum already. Never pass a string on: the log compares with `is Durability.FSYNC`."""
+    return durability if isinstance(durability, Durability) else Durability(durability)
 
 
 def _describe(resource: Resource) -> str:

@@ -211,8 +211,9 @@ class WalTransaction:
             self._finish()
 
         try:
+            payload = encode_commit(ops, self._store.commit_packer)
             future = self._store.wal.append(
-                RecordType.COMMIT, encode_commit(ops), self._durability, written, lambda _exc: self._finish()
+                RecordType.COMMIT, payload, self._durability, written, lambda _exc: self._finish()
             )
         except BaseException:
             # The log refused the record (failed or closed): nothing was written; abort.

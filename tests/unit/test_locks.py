@@ -212,6 +212,43 @@ def test_shared_range_locks_are_compatible_with_shared_key_locks() -> None:
     assert granted(locks.request(T3, RangeLock(b"p/a", None), S))
 
 
+# --- the autocommit fast path (try_lock_key_exclusive) ----------------------------------------
+
+
+def test_a_free_key_is_locked_exclusively_at_once_and_blocks_others_like_a_requested_lock() -> None:
+    locks = LockManager()
+    assert locks.try_lock_key_exclusive(T1, b"a")
+    assert locks.held_by(T1) == {key(b"a"): X}
+    assert queued(locks.request(T2, key(b"a"), S))
+    assert queued(locks.request(T3, RangeLock(b"a", b"b"), S))
+    assert granted(locks.request(T4, key(b"b"), X))
+    assert txns_of(locks.release_all(T1)) == [T2, T3]
+    assert locks.held_by(T1) == {}
+
+
+def test_the_fast_path_refuses_a_key_someone_holds_or_a_range_covers_and_changes_nothing() -> None:
+    locks = LockManager()
+    assert granted(locks.request(T1, key(b"a"), S))
+    assert granted(locks.request(T2, RangeLock(b"p/", b"p0"), S))
+    for held_key in (b"a", b"p/", b"p/x"):
+        assert not locks.try_lock_key_exclusive(T3, held_key), held_key
+    assert locks.held_by(T3) == {}
+    assert locks.waiting_count() == 0
+    assert locks.try_lock_key_exclusive(T3, b"p0")  # hi is outside the range
+
+
+def test_the_fast_path_does_not_jump_a_waiter_for_the_key_or_a_range_around_it() -> None:
+    locks = LockManager()
+    assert granted(locks.request(T1, key(b"p/a"), X))
+    assert queued(locks.request(T2, RangeLock(b"p/", b"p0"), S))  # waits for T1's p/a
+    # Nobody holds p/b, but T2 waits for a range that covers it: FIFO puts a writer behind T2.
+    assert not locks.try_lock_key_exclusive(T3, b"p/b")
+    assert queued(locks.request(T3, key(b"p/b"), X))
+    assert locks.try_lock_key_exclusive(T4, b"q")
+    assert txns_of(locks.release_all(T1)) == [T2]
+    assert txns_of(locks.release_all(T2)) == [T3]
+
+
 # --- cancel (lock timeout) -----------------------------------------------------------------------
 
 
@@ -459,6 +496,18 @@ class LockManagerMachine(RuleBasedStateMachine):
         self.drop_waiting_of(txn)
         self.granted(self.locks.release_all(txn))
         assert self.locks.held_by(txn) == {}
+
+    @rule(txn=st.sampled_from(TXNS), k=st.sampled_from(KEYS))
+    def autocommit_write(self, txn: int, k: bytes) -> None:
+        """A transaction holding nothing takes the fast path: granted exactly when `request` would
+        grant at once, that is when nothing overlapping the key is held or awaited."""
+        if self.locks.held_by(txn) or txn in self.waiting_txns():
+            return
+        blocked = any(
+            conflict(res, mode, key(k), X) for other in TXNS for res, mode in self.locks.held_by(other).items()
+        ) or any(overlap(w.resource, key(k)) for w in self.waiting)
+        assert self.locks.try_lock_key_exclusive(txn, k) is not blocked
+        assert self.locks.held_by(txn) == ({} if blocked else {key(k): X})
 
     @precondition(lambda self: bool(self.waiting))
     @rule(data=st.data())
