@@ -179,7 +179,9 @@ class NodeRuntime:
     # --- writes --------------------------------------------------------------------------------
 
     async def put(self, request: WriteRequest) -> WriteOutcome:
-        definition = await self.keyspaces.lookup(request.keyspace, request.timeout_ms)
+        definition = self.keyspaces.cached(request.keyspace) or await self.keyspaces.lookup(
+            request.keyspace, request.timeout_ms
+        )
         if definition is None:
             return self._write_outcome(WriteStatus.NO_KEYSPACE, (), 0, f"keyspace {request.keyspace!r} does not exist")
         n = min(definition.n, len(self.ring.nodes))
@@ -524,7 +526,9 @@ class NodeRuntime:
                     reply = ReplicaReadReply(rid, None, f"{type(exc).__name__}: {exc}")
             case ReplicaMerge(round_id=rid, keyspace=keyspace, key=key, clock=clock, durability=durability):
                 try:
-                    definition = await self.keyspaces.lookup(keyspace, REQUEST_DEFAULTS.request_timeout_ms_default)
+                    definition = self.keyspaces.cached(keyspace) or await self.keyspaces.lookup(
+                        keyspace, REQUEST_DEFAULTS.request_timeout_ms_default
+                    )
                     if definition is None:
                         raise LookupError(f"keyspace {keyspace!r} is unknown here")
                     await self.replica.merge(keyspace, Resolution(definition.resolution), key, clock, durability)

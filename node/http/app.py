@@ -343,7 +343,7 @@ def build_client_app(
     api = _ClientApi(coordinator, limits, metrics)
     # client_max_size backs up parse.read_bounded: aiohttp's own readers refuse larger bodies too.
     app = web.Application(
-        client_max_size=limits.value_bytes_max, middlewares=[metrics_middleware(metrics), error_middleware]
+        client_max_size=limits.value_bytes_max, middlewares=[metrics_middleware(metrics, error_middleware)]
     )
     app[METRICS_KEY] = metrics
     key_path = "/v1/kv/{keyspace}/{key:.*}"  # `.*`, so an empty key gets a 400 naming it, not a 404

@@ -153,8 +153,9 @@ _HTTP_EXCEPTION_CODES = {400: "bad_request", 404: "route_not_found", 405: "metho
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON (or msgpack) error body with a stable code. A plain
+    function, so the metrics middleware can call it in the same frame (node/http/metrics.py)."""
     try:
         return await handler(request)
     except HttpError as error:
@@ -170,3 +171,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # Nothing the client sent should get here (tests/unit/test_http_api.py tries); log it.
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error_response(request, HttpError("internal", "internal error; the node logged it"))
+
+
+error_middleware = web.middleware(answer_errors)

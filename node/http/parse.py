@@ -11,6 +11,7 @@ Rules:
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -56,6 +57,11 @@ def keyspace_pattern(limits: RequestDefaults) -> str:
     return f"^[a-z0-9][a-z0-9_-]{{0,{limits.keyspace_name_bytes_max - 1}}}$"
 
 
+@functools.cache
+def _keyspace_regex(limits: RequestDefaults) -> re.Pattern[str]:
+    return re.compile(keyspace_pattern(limits))
+
+
 def _quote(text: str) -> str:
     """Client text echoed in a message, bounded so an error body stays small."""
     return repr(text[:64] + ("..." if len(text) > 64 else ""))
@@ -65,6 +71,9 @@ def _quote(text: str) -> str:
 
 
 def check_params(query: MultiMapping[str], allowed: Sequence[str]) -> None:
+    given = set(query)  # len(query) counts repeated names too
+    if len(given) == len(query) and all(name in allowed for name in given):
+        return  # the usual case, checked in one pass; the rest finds the problem to name
     unknown = sorted({name for name in query if name not in allowed})
     if unknown:
         accepted = ", ".join(allowed) if allowed else "none"
@@ -127,15 +136,20 @@ def parse_sloppy(query: MultiMapping[str]) -> bool:
 
 def _raw_segments(request: web.Request) -> list[str]:
     # Splitting before decoding keeps `%2F` inside a key instead of turning it into a separator.
-    return urlsplit(request.raw_path).path.split("/")
+    target = request.raw_path
+    if target.startswith("/"):  # origin form, what clients send: the path ends at the query
+        return target.partition("?")[0].split("/")
+    return urlsplit(target).path.split("/")  # absolute form (RFC 9112 §3.2.2)
 
 
-def parse_keyspace_name(request: web.Request, limits: RequestDefaults) -> str:
+def parse_keyspace_name(
+    request: web.Request, limits: RequestDefaults, segments: list[str] | None = None
+) -> str:
     """The name in `/v1/kv/{keyspace}...` or `/v1/keyspaces/{name}` (both the fourth segment)."""
-    segments = _raw_segments(request)
+    segments = _raw_segments(request) if segments is None else segments
     raw = segments[3] if len(segments) > 3 else ""
     name = unquote_to_bytes(raw).decode("utf-8", "replace")
-    if not re.fullmatch(keyspace_pattern(limits), name):
+    if not _keyspace_regex(limits).fullmatch(name):
         raise HttpError(
             "invalid_keyspace_name",
             f"keyspace name {_quote(name)} must match {keyspace_pattern(limits)}",
@@ -143,8 +157,9 @@ def parse_keyspace_name(request: web.Request, limits: RequestDefaults) -> str:
     return name
 
 
-def parse_key(request: web.Request, limits: RequestDefaults) -> bytes:
-    key = unquote_to_bytes("/".join(_raw_segments(request)[4:]))
+def parse_key(request: web.Request, limits: RequestDefaults, segments: list[str] | None = None) -> bytes:
+    segments = _raw_segments(request) if segments is None else segments
+    key = unquote_to_bytes("/".join(segments[4:]))
     if not key:
         raise HttpError("invalid_key", "the key (the path after the keyspace) is empty")
     if len(key) > limits.key_bytes_max:
@@ -221,6 +236,14 @@ def check_declared_length(request: web.Request, limit: int, code: str) -> None:
 
 async def read_bounded(request: web.Request, limit: int, code: str) -> bytes:
     """The body, refused as soon as it passes `limit` (a chunked body declares no length)."""
+    declared = request.content_length
+    if declared is not None and declared <= limit:
+        # The length is known and allowed (check_declared_length ran first). A small body has
+        # usually arrived with the head: take it without awaiting; else one read.
+        content = request.content
+        if content.is_eof():
+            return content.read_nowait()
+        return await request.read()
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.content.iter_any():
@@ -262,7 +285,8 @@ async def parse_write(request: web.Request, secret: bytes, limits: RequestDefaul
     level, w = parse_level(query), parse_count(query, "w", limits)
     timeout_ms, durability = parse_timeout(query, limits), parse_durability(query)
     sloppy = parse_sloppy(query)
-    keyspace, key = parse_keyspace_name(request, limits), parse_key(request, limits)
+    segments = _raw_segments(request)
+    keyspace, key = parse_keyspace_name(request, limits, segments), parse_key(request, limits, segments)
     headers = request.headers
     context = parse_context(headers.get("Titra-Context"), secret)
     if_match_context = parse_if_match(headers.get("If-Match"), secret)
@@ -303,7 +327,8 @@ def parse_read(request: web.Request, secret: bytes, limits: RequestDefaults) -> 
     query = request.rel_url.query
     check_params(query, READ_PARAMS)
     level, r, timeout_ms = parse_level(query), parse_count(query, "r", limits), parse_timeout(query, limits)
-    keyspace, key = parse_keyspace_name(request, limits), parse_key(request, limits)
+    segments = _raw_segments(request)
+    keyspace, key = parse_keyspace_name(request, limits, segments), parse_key(request, limits, segments)
     context = parse_context(request.headers.get("Titra-Context"), secret)
     return ReadRequest(keyspace=keyspace, key=key, level=level, r=r, timeout_ms=timeout_ms, context=context)
 
