@@ -116,10 +116,11 @@ class HintedWriteRound(WriteRound):
     hinted: list[str] = field(default_factory=list)  # "target@holder" of hints known stored
     hint_failures: dict[str, str] = field(default_factory=dict)
 
-    def start(self, clock: DVVSet[Sibling], stored_local: tuple[str, ...] = ()) -> list[Effect]:
-        """The coordinator stored the write (and the local hints in `stored_local`)."""
+    def start(self, clock: DVVSet[Sibling], encoded: bytes = b"", stored_local: tuple[str, ...] = ()) -> list[Effect]:
+        """The coordinator stored the write (and the local hints in `stored_local`); `encoded` is
+        the clock's encoding when the caller has it."""
         assert not self.acks and not self.hinted, "a write round starts once"
-        clock_encoded = encode_clock(clock)
+        clock_encoded = encoded or encode_clock(clock)
         if self.coordinator in self.replicas:
             self.acks.append(self.coordinator)
         self.hinted += [f"{target}@{self.coordinator}" for target in stored_local]

@@ -45,6 +45,7 @@ class Minted:
     clock: DVVSet[Sibling] | None
     timestamp: Timestamp | None
     message: str = ""
+    encoded: bytes = b""  # the stored clock's encoding, which replication sends as it is
 
 
 def wall_ms() -> int:
@@ -120,8 +121,8 @@ class Replica:
         if len(decoded) > CLOCK_DEFAULTS.decoded_clocks_cached:
             del decoded[next(iter(decoded))]
 
-    async def _save(self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str) -> None:
-        """The one place a replica writes a key (None: purges it)."""
+    async def _save(self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str) -> bytes | None:
+        """The one place a replica writes a key (None: purges it); returns what it stored."""
         encoded = None
         if clock is None:
             self._decoded.pop(skey, None)
@@ -132,6 +133,7 @@ class Replica:
             await self.store.put(skey, encoded, STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
         for listener in self.save_listeners:
             listener(skey, clock, encoded)
+        return encoded
 
     async def purge(self, keyspace: str, key: bytes, digest: bytes) -> bool:
         """Delete a key whose stored clock still has this digest (cluster/tombstones.py): a write
@@ -233,8 +235,9 @@ class Replica:
                 f"the key's siblings would hold {total_bytes(updated)} bytes; the limit is "
                 f"{REQUEST_DEFAULTS.sibling_set_bytes_max}: resolve them by writing with their context",
             )
-        await self._save(skey, updated, durability)
-        return Minted(WriteStatus.OK, updated, stamp)
+        encoded = await self._save(skey, updated, durability)
+        assert encoded is not None
+        return Minted(WriteStatus.OK, updated, stamp, encoded=encoded)
 
     async def merge(self, keyspace: str, resolution: Resolution, key: bytes, encoded: bytes, durability: str) -> bool:
         """Merge a clock from another replica; True if the local state changed."""

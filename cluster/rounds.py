@@ -70,14 +70,14 @@ class WriteRound:
     settled: bool = False
     clock_encoded: bytes = b""
 
-    def start(self, clock: DVVSet[Sibling]) -> list[Effect]:
-        """The coordinator stored `clock`; replicate it."""
+    def start(self, clock: DVVSet[Sibling], encoded: bytes = b"") -> list[Effect]:
+        """The coordinator stored `clock` (`encoded`: its encoding, if the caller has it); replicate it."""
         assert not self.acks, "a write round starts once"
         self.acks.append(self.coordinator)
         effects: list[Effect] = []
         done = self._finish_if_met()
         # Acknowledgements are asked for even once answered: replicas that never give one get hints.
-        self.clock_encoded = encoded = encode_clock(clock)
+        self.clock_encoded = encoded = encoded or encode_clock(clock)
         for replica in self.replicas:
             if replica != self.coordinator:
                 message = ReplicaMerge(self.round_id, self.keyspace, self.key, encoded, self.durability)

@@ -271,7 +271,9 @@ class NodeRuntime:
         if minted.status is not WriteStatus.OK or minted.clock is None:
             return self._write_outcome(minted.status, (), w, minted.message)
         assert minted.timestamp is not None
-        outcome = await self._replicate(definition, request, preference, w, n, minted.clock, minted.timestamp.encode())
+        outcome = await self._replicate(
+            definition, request, preference, w, n, minted.clock, minted.timestamp.encode(), minted.encoded
+        )
         if request.idempotency_key:
             await self.idempotency.put(
                 request.idempotency_key, request.request_digest, definition.name, request.key, outcome
@@ -287,7 +289,10 @@ class NodeRuntime:
         n: int,
         clock: DVVSet[Sibling],
         timestamp: str,
+        encoded: bytes = b"",
     ) -> WriteOutcome:
+        """Send the stored `clock` (`encoded`: its encoding, when the caller has it) to the replicas."""
+        encoded = encoded or encode_clock(clock)
         rid = self._round_id()
         deadline_ms = self._now_ms() + request.timeout_ms
         args = (rid, definition.name, request.key, self.node_id, preference, w, deadline_ms, request.durability)
@@ -297,13 +302,12 @@ class NodeRuntime:
         plan = self.hints.plan(Level(request.level), w, request.sloppy, self.ring, skey, list(preference), reachable)
         if plan.local or plan.fallbacks:
             hinted = HintedWriteRound(*args, plan=plan)
-            encoded = encode_clock(clock)
             stored = await self.hints.keep(plan.local, definition.name, request.key, encoded, request.durability)
-            finish = await self._run(hinted, hinted.start(clock, tuple(stored)))
+            finish = await self._run(hinted, hinted.start(clock, encoded, tuple(stored)))
             copies, fallbacks = hinted.counted(), tuple(hinted.hinted)
         else:
             round_ = WriteRound(*args)
-            finish = await self._run(round_, round_.start(clock))
+            finish = await self._run(round_, round_.start(clock, encoded))
             copies, fallbacks = len(finish.replicas), ()
         status = WriteStatus.OK if finish.status == "ok" else WriteStatus.TIMEOUT
         return WriteOutcome(
