@@ -6,6 +6,13 @@ asked for `fsync` durability, ONE fdatasync. Commits that arrive while a batch i
 concurrent committers share fsyncs (group commit, as in PostgreSQL's commit_delay-free group
 flush and RocksDB's write groups). The fsync never runs on the event loop.
 
+The hand-off is as thin as the GIL allows: the loop joins the batch's frames into one bytes
+object and puts one job on a `queue.SimpleQueue`; the writer thread, WalWriter's own, writes (and
+syncs) it and answers with ONE `call_soon_threadsafe`. Every other step (stats, callbacks,
+futures) runs on the loop, because whatever the thread does holding the GIL competes with it.
+Log maintenance (open, rotate, drop segments, background sync, close) runs as jobs on the same
+queue, so it is ordered with the batches.
+
 Ordering rules (as etcd/raft states them for its Ready batch):
 - A batch's `on_written` callbacks run in LSN order, on the event loop, after the batch is written
   (and synced if any commit in it asked for fsync) and before any commit of it is acknowledged.
@@ -13,16 +20,20 @@ Ordering rules (as etcd/raft states them for its Ready batch):
   directory entry is made durable, so the durable log is always a prefix of the written one.
 - After a write or fsync error the log is failed: the commits in flight are reported with
   `StoreFailed` (outcome unknown) and no further write is accepted, because after a failed fsync
-  the page cache can no longer be trusted (PostgreSQL's "fsyncgate", 2018).
+  the page cache can no longer be trusted (PostgreSQL's "fsyncgate", 2018). The writer thread
+  enforces this itself: once any of its file operations failed it writes and syncs nothing more,
+  whatever is already queued behind the failure.
 """
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
+import queue
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cluster.store import Durability, StoreClosed, StoreFailed
 from node.storage.disk import Disk, FileHandle, join
@@ -50,7 +61,6 @@ def parse_segment_name(name: str) -> int | None:
 class _Pending:
     lsn: int
     frame: bytes
-    durability: Durability
     future: "asyncio.Future[int]"
     on_written: Callable[[int], None] | None
     on_failed: Callable[[BaseException], None] | None
@@ -63,6 +73,19 @@ class WalStats:
     fsyncs: int = 0
     bytes_written: int = 0
     segments_created: int = 0
+
+
+# A job for the writer thread; None tells it to stop.
+_Job = Callable[[], None]
+
+
+def _serve(jobs: "queue.SimpleQueue[_Job | None]") -> None:
+    """The writer thread: run jobs in the order they were queued until told to stop."""
+    while (job := jobs.get()) is not None:
+        job()
+        # Hold nothing of the writer while idle, so an abandoned writer can be collected (its
+        # finalizer then stops this thread).
+        del job
 
 
 class WalWriter:
@@ -83,20 +106,26 @@ class WalWriter:
         self._segment_bytes = segment_bytes
         self._flush_interval_s = async_flush_interval_ms / 1000
         self._pending: list[_Pending] = []
+        self._pending_sync = False  # a commit in `_pending` asked for fsync
         self._in_flight = False  # a batch is with the writer thread
         self._kick_scheduled = False
         self._drained = asyncio.Event()
         self._loop = asyncio.get_event_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="titra-wal")
-        self._file: FileHandle | None = None
-        self._active_bytes = 0
-        self._unsynced = False
-        self._written_through = next_lsn - 1  # writer thread: last LSN handed to write(2)
-        self._failed: BaseException | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=_serve, args=(self._jobs,), name="titra-wal", daemon=True)
+        # Calling it (close, or collection of an abandoned writer) tells the thread to stop, once.
+        self._stop_thread = weakref.finalize(self, self._jobs.put, None)
+        self._failed: BaseException | None = None  # event-loop side
         self._closed = False
         self.stats = WalStats()
         self.bytes_since_checkpoint = 0
         self._syncer: asyncio.Task[None] | None = None
+        # Writer-thread state: only the writer thread touches these after start().
+        self._file: FileHandle | None = None
+        self._active_bytes = 0
+        self._unsynced = False
+        self._written_through = next_lsn - 1  # last LSN handed to write(2)
+        self._writer_error: BaseException | None = None  # the first failure of a file operation
 
     @property
     def next_lsn(self) -> int:
@@ -108,7 +137,14 @@ class WalWriter:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._loop.run_in_executor(self._executor, self._open_active)
+        self._thread.start()
+        try:
+            await self._in_writer(self._open_active)
+        except BaseException as exc:
+            self._stop_thread()
+            if not isinstance(exc, asyncio.CancelledError):
+                self._thread.join()  # the failed open was its last job: a short wait
+            raise
         self._syncer = asyncio.create_task(self._sync_loop(), name="titra-wal-syncer")
 
     def append(
@@ -132,7 +168,9 @@ class WalWriter:
         self._next_lsn += 1
         future: asyncio.Future[int] = self._loop.create_future()
         frame = encode_frame(lsn, rtype, payload)
-        self._pending.append(_Pending(lsn, frame, durability, future, on_written, on_failed))
+        self._pending.append(_Pending(lsn, frame, future, on_written, on_failed))
+        if durability is Durability.FSYNC:
+            self._pending_sync = True
         if not self._kick_scheduled and not self._in_flight:
             # One hand-off per loop iteration: every commit queued in this iteration joins it.
             self._kick_scheduled = True
@@ -148,38 +186,72 @@ class WalWriter:
         return await self._guarded(self._drop_segments_through, lsn)
 
     async def _guarded(self, fn: Callable[..., T], *args: object) -> T:
-        """Run log maintenance; an I/O error in it fails the log like one in a commit would
-        (rotation fsyncs the old segment: after a failed fsync nothing written can be trusted)."""
+        """Run log maintenance. An I/O error in it fails the log like one in a commit would
+        (rotation fsyncs the old segment: after a failed fsync nothing written can be trusted);
+        `_job_done` sees to that."""
         if self._failed is not None:
             raise StoreFailed(f"the write-ahead log failed earlier: {self._failed}")
-        try:
-            return await self._in_writer(fn, *args)
-        except OSError as exc:
-            self._fail(exc, [])
-            raise
+        return await self._in_writer(fn, *args)
 
     async def close(self) -> None:
+        """Write and sync what is queued, close the segment file, end the writer thread."""
         if self._closed:
             return
         self._closed = True
-        while self._in_flight or self._pending:
-            self._drained.clear()
-            if not self._in_flight:
-                self._kick()
-            await self._drained.wait()
-        if self._syncer is not None:
-            self._syncer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._syncer
-        if self._failed is None:
-            await self._in_writer(self._sync_if_unsynced)
-        await self._in_writer(self._close_file)
-        self._executor.shutdown(wait=True)
+        try:
+            while self._in_flight or self._pending:
+                self._drained.clear()
+                if not self._in_flight:
+                    self._kick()
+                await self._drained.wait()
+            if self._syncer is not None:
+                self._syncer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._syncer
+            # A failure is reported once, to the commits in flight; closing a failed log is quiet
+            # (the writer thread refuses the sync if a failure has not reached the loop yet).
+            if self._failed is None:
+                with contextlib.suppress(StoreFailed):
+                    if await self._in_writer(self._sync_if_unsynced):
+                        self.stats.fsyncs += 1
+        finally:
+            await self._shut_down()
 
     # --- event-loop side ---------------------------------------------------------------------
 
     async def _in_writer(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run `fn(*args)` on the writer thread after every job queued before it."""
+        if not self._stop_thread.alive:
+            raise StoreClosed("the write-ahead log is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put(functools.partial(self._run_job, future, fn, args))
+        return await future
+
+    def _job_done(self, future: "asyncio.Future[Any]", result: object, exc: BaseException | None) -> None:
+        if isinstance(exc, OSError):
+            # Whoever awaited it (maybe no one: a cancelled background sync), the log has failed.
+            self._fail(exc, [])
+        if future.done():  # the awaiting task was cancelled
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    async def _shut_down(self) -> None:
+        """Close the segment file on the writer thread, then end the thread."""
+        if self._thread.ident is None:  # never started
+            self._stop_thread()
+            return
+        closed: asyncio.Future[None] = self._loop.create_future()
+        self._jobs.put(functools.partial(self._run_job, closed, self._close_file, ()))
+        self._stop_thread()
+        try:
+            await closed
+        finally:
+            if not closed.cancelled():
+                # The thread has nothing left to do but to see the stop: this join is short.
+                self._thread.join()
 
     def _kick(self) -> None:
         """Hand everything queued to the writer thread as one batch, unless one is on disk."""
@@ -187,20 +259,22 @@ class WalWriter:
         if self._in_flight or not self._pending or self._failed is not None:
             return
         batch, self._pending = self._pending, []
-        data = b"".join(p.frame for p in batch)
-        sync = any(p.durability is Durability.FSYNC for p in batch)
+        sync, self._pending_sync = self._pending_sync, False
+        data = b"".join([p.frame for p in batch])
         self._in_flight = True
-        done = self._loop.run_in_executor(self._executor, self._write, data, batch[0].lsn, batch[-1].lsn, sync)
-        done.add_done_callback(functools.partial(self._batch_done, batch, len(data)))
+        self._jobs.put(functools.partial(self._write_batch, batch, data, sync))
 
-    def _batch_done(self, batch: list[_Pending], size: int, done: "asyncio.Future[None]") -> None:
+    def _batch_done(self, batch: list[_Pending], size: int, sync: bool, exc: BaseException | None) -> None:
         self._in_flight = False
-        exc = done.exception()
         if exc is not None:
             self._fail(exc, batch)
         else:
-            self.stats.commits += len(batch)
-            self.stats.batches += 1
+            stats = self.stats
+            stats.commits += len(batch)
+            stats.batches += 1
+            stats.bytes_written += size
+            if sync:
+                stats.fsyncs += 1
             self.bytes_since_checkpoint += size
             for p in batch:
                 if p.on_written is not None:
@@ -217,13 +291,14 @@ class WalWriter:
         while not self._closed and self._failed is None:
             await asyncio.sleep(self._flush_interval_s)
             try:
-                await self._in_writer(self._sync_if_unsynced)
-            except OSError as exc:
-                self._fail(exc, [])
-                return
+                if await self._in_writer(self._sync_if_unsynced):
+                    self.stats.fsyncs += 1
+            except (OSError, StoreFailed):
+                return  # the log has failed (`_job_done`)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
-        self._failed = exc
+        if self._failed is None:
+            self._failed = exc
         pending, self._pending = [*batch, *self._pending], []
         for p in pending:
             if p.on_failed is not None:
@@ -234,6 +309,39 @@ class WalWriter:
                 )
 
     # --- writer-thread side --------------------------------------------------------------------
+    # Everything here holds the GIL except the file calls: keep it short.
+
+    def _write_batch(self, batch: list[_Pending], data: bytes, sync: bool) -> None:
+        exc: BaseException | None = None
+        try:
+            self._write(data, batch[0].lsn, batch[-1].lsn, sync)
+        except BaseException as error:
+            exc = error
+            if self._writer_error is None:
+                self._writer_error = error
+        self._reply(self._batch_done, batch, len(data), sync, exc)
+
+    def _run_job(self, future: "asyncio.Future[Any]", fn: Callable[..., object], args: tuple[object, ...]) -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            if isinstance(exc, OSError) and self._writer_error is None:
+                self._writer_error = exc
+            self._reply(self._job_done, future, None, exc)
+        else:
+            self._reply(self._job_done, future, result, None)
+
+    def _reply(self, callback: Callable[..., None], *args: object) -> None:
+        """The thread's one wake-up of the event loop per job."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            # The event loop is closed: no one is left to wait for the result.
+            return
+
+    def _check_not_failed(self) -> None:
+        if self._writer_error is not None:
+            raise StoreFailed(f"the write-ahead log failed earlier and refuses writes: {self._writer_error}")
 
     def _open_active(self) -> None:
         if not self._segments:
@@ -244,6 +352,7 @@ class WalWriter:
         self._disk.sync_dir(self._dir)
 
     def _write(self, data: bytes, first_lsn: int, last_lsn: int, sync: bool) -> None:
+        self._check_not_failed()
         assert self._file is not None
         assert first_lsn == self._written_through + 1, "WAL records must be written in LSN order"
         if self._active_bytes > 0 and self._active_bytes + len(data) > self._segment_bytes:
@@ -251,10 +360,8 @@ class WalWriter:
         self._file.write(data)
         self._written_through = last_lsn
         self._active_bytes += len(data)
-        self.stats.bytes_written += len(data)
         if sync:
             self._file.sync()
-            self.stats.fsyncs += 1
             self._unsynced = False
         else:
             self._unsynced = True
@@ -271,16 +378,21 @@ class WalWriter:
         self.stats.segments_created += 1
 
     def _rotate(self) -> None:
+        self._check_not_failed()
         if self._active_bytes > 0:
             self._start_segment(self._written_through + 1)
 
-    def _sync_if_unsynced(self) -> None:
+    def _sync_if_unsynced(self) -> bool:
+        """Whether it synced (the loop side counts the fsync)."""
+        self._check_not_failed()
         if self._unsynced and self._file is not None:
             self._file.sync()
-            self.stats.fsyncs += 1
             self._unsynced = False
+            return True
+        return False
 
     def _drop_segments_through(self, lsn: int) -> list[int]:
+        self._check_not_failed()
         dropped = []
         while len(self._segments) > 1 and self._segments[1] <= lsn + 1:
             first = self._segments.pop(0)
