@@ -159,7 +159,20 @@ class PeerDefaults:
     # Messages queued for a peer that is not connected; past this the oldest are dropped (the
     # rounds that sent them time out and report an unknown outcome, never a failure).
     queue_messages_max: int = 100_000
-    heartbeat_interval_ms: int = 1_000
+    # The listener reads the HTTP/1.1 upgrade request before it knows who sent it, so its size is
+    # bounded: ours is about 200 bytes plus the secret; browsers and curl send well under 8 KiB.
+    handshake_head_bytes_max: int = 8 * KIB
+    # A connection not upgraded by then is closed: a silent or trickling client (slowloris) cannot
+    # hold listener sockets, and a refused client has this long to read its answer and close.
+    handshake_timeout_ms: int = 2_000
+    # Dead links (a host gone, a cut network) are found by the kernel instead of a ping from Python
+    # every second: TCP keepalive probes a connection silent for keepalive_idle_s, and
+    # TCP_USER_TIMEOUT closes one whose data or probes stay unacknowledged for unacked_timeout_ms
+    # (5 s either way). A hung process still acknowledges; the failure detector convicts it.
+    keepalive_idle_s: int = 1
+    keepalive_interval_s: int = 1
+    keepalive_probes_count: int = 4
+    unacked_timeout_ms: int = 5_000
 
 
 REQUEST_DEFAULTS = RequestDefaults()
@@ -174,6 +187,17 @@ assert 0 < REQUEST_DEFAULTS.request_timeout_ms_default <= REQUEST_DEFAULTS.reque
 assert REQUEST_DEFAULTS.replicas_default <= REQUEST_DEFAULTS.replicas_max
 assert REQUEST_DEFAULTS.list_page_max <= STORE_LIMITS.scan_page_max
 assert PEER_DEFAULTS.frame_bytes_max >= 2 * STORE_LIMITS.value_bytes_max
+assert PEER_DEFAULTS.frame_bytes_max < 2**32, "a frame's length travels in 4 bytes"
+assert PEER_DEFAULTS.connect_timeout_ms <= PEER_DEFAULTS.handshake_timeout_ms, (
+    "a listener must give a connecting peer at least as long as the peer itself waits"
+)
+assert PEER_DEFAULTS.handshake_head_bytes_max >= CLOCK_DEFAULTS.node_id_bytes_max + 1 * KIB, (
+    "our own upgrade request (a maximal node id, an address, a secret) must fit in a head"
+)
+assert (
+    1_000 * (PEER_DEFAULTS.keepalive_idle_s + PEER_DEFAULTS.keepalive_interval_s * PEER_DEFAULTS.keepalive_probes_count)
+    <= PEER_DEFAULTS.unacked_timeout_ms
+), "a silent dead link must be found no later than a busy one"
 
 
 @dataclass(frozen=True, slots=True)

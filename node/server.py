@@ -22,7 +22,7 @@ from node.http.app import build_client_app
 from node.membership import MembershipDriver
 from node.runtime import NodeRuntime
 from node.storage import StoreConfig, WalStore
-from node.transport import PeerTransport, peer_app
+from node.transport import PeerTransport
 
 log = logging.getLogger("titra.node")
 
@@ -152,15 +152,13 @@ async def serve(config: NodeConfig) -> None:
         config.node_id, sorted(config.peers), replica, transport, config.secret.encode(), members, config.repair
     )
     client_runner = web.AppRunner(build_client_app(runtime, repair_status=runtime.repair_status), access_log=None)
-    peer_runner = web.AppRunner(peer_app(transport), access_log=None)
     await client_runner.setup()
-    await peer_runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(peer_runner, *config.peer_listen).start()
+        await transport.listen(*config.peer_listen)
         await transport.start()
         await members.start()
         await runtime.start()
@@ -174,8 +172,7 @@ async def serve(config: NodeConfig) -> None:
         await client_runner.cleanup()
         await runtime.close()
         await members.close()
-        await transport.close()
-        await peer_runner.cleanup()
+        await transport.close()  # its listener and the connections peers opened to it too
         await store.close()
 
 
