@@ -18,6 +18,10 @@ tombstone. Rules:
   token bucket of `rate_bytes_per_s`: when it is empty the exchange waits.
 - Tombstones (cluster/tombstones.py): equal roots confirm every tombstone of the range, equal
   digests confirm single keys; an expired tombstone is not pushed to a peer without the key.
+- Saves are applied lazily: a save only records the key's latest stored bytes (or digest) and
+  tombstone time in `_pending`; the trees and the tombstone state learn them when something reads
+  either (`index` and `tombstones` apply the backlog first) or when `pending_saves_max` keys wait.
+  Every reader sees what applying each save at once would have left.
 """
 
 from collections.abc import Callable, Mapping
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 
 from cluster.context import scoped_key
 from cluster.limits import ANTI_ENTROPY_DEFAULTS, AntiEntropyDefaults
-from cluster.merkle import MerkleIndex, descendants, diff_entries, keyspace_of
+from cluster.merkle import MerkleIndex, clock_digest, descendants, diff_entries, keyspace_of
 from cluster.messages import AeHashes, AeHashesReply, AeKeys, AeKeysReply, AeRoots, AeRootsReply, Message
 from cluster.rounds import Send
 from cluster.tombstones import TombstoneTracker
@@ -101,12 +105,22 @@ def _size(message: Message) -> int:
     return 32
 
 
+# A save not yet applied: (stored bytes, digest, newest tombstone ms), one of the first two given
+# (the bytes are hashed when applied); (None, None, None) is a removal.
+_PendingSave = tuple[bytes | None, bytes | None, int | None]
+
+
 class AntiEntropy:
     def __init__(self, node_id: str, index: MerkleIndex, settings: AntiEntropyDefaults = ANTI_ENTROPY_DEFAULTS) -> None:
         self.node_id = node_id
-        self.index = index
         self.settings = settings
-        self.tombstones = TombstoneTracker(settings.tombstone_grace_ms)
+        self._index = index
+        self._tombstones = TombstoneTracker(settings.tombstone_grace_ms)
+        # skey -> its latest save, oldest first. A hot key is saved many times between two reads
+        # of the trees (a pass every interval_ms); hashing every version only to XOR it out again
+        # was most of what a replicated write paid for anti-entropy.
+        self._pending: dict[bytes, _PendingSave] = {}
+        self._pending_max = settings.pending_saves_max
         self.stats = AeStats()
         self._replication: dict[str, int] = {}  # keyspace -> N
         self._owners: dict[int, list[list[str]]] = {}  # N -> owners of each range
@@ -122,8 +136,79 @@ class AntiEntropy:
 
     def on_save(self, skey: bytes, digest: bytes | None, deleted_ms: int | None) -> None:
         """The replica stored `skey` (digest None: deleted it); `deleted_ms` if only tombstones."""
-        range_index = self.index.update(skey, digest)
-        self.tombstones.observe(skey, digest, deleted_ms, (keyspace_of(skey), range_index))
+        if digest is None:
+            self._remove(skey)
+        else:
+            self._record(skey, (None, digest, deleted_ms))
+
+    def on_save_encoded(self, skey: bytes, encoded: bytes | None, deleted_ms: int | None) -> None:
+        """As `on_save`, given the stored bytes (None: deleted); hashed only if still the latest
+        when applied. The bytes are the store's own object, so keeping them costs no copy."""
+        if encoded is None:
+            self._remove(skey)
+        else:
+            self._record(skey, (encoded, None, deleted_ms))
+
+    def knows(self, skey: bytes) -> bool:
+        """Whether the replica holds `skey` as far as the saves so far say, applied or not. The
+        start-up scan (node/anti_entropy.py) skips such a key: the save is newer than what it read."""
+        return skey in self._pending or self._index.digest_of(skey) is not None
+
+    def _record(self, skey: bytes, save: _PendingSave) -> None:
+        pending = self._pending
+        # Re-inserted at the end, so the backlog is applied in the order of each key's last save:
+        # the tombstone candidates then end up in the very order eager updates leave (`due` hands
+        # them out in that order, `purge_batch_max` at a time).
+        pending.pop(skey, None)
+        pending[skey] = save
+        if len(pending) >= self._pending_max:
+            self._apply_pending()
+
+    def _remove(self, skey: bytes) -> None:
+        """A removal (a purge) is applied at once, after the key's own recorded save: that save
+        may be the one that made its range's tree (the status counts trees made), and purges are
+        rare next to writes. Other keys' saves stay recorded: applied after this one, they leave
+        the same hashes, keys and tombstones, since neither the key nor its tombstone remains."""
+        earlier = self._pending.pop(skey, None)
+        if earlier is not None:
+            self._apply(skey, earlier)
+        self._apply(skey, (None, None, None))
+
+    def _apply_pending(self) -> None:
+        """Apply every recorded save, oldest first. Only the last save of a key matters: a tree
+        entry and a tombstone candidate are each replaced whole by the key's next save, and XOR
+        trees (Dynamo §4.7 with Cassandra's XOR of row hashes) do not depend on the order."""
+        pending, self._pending = self._pending, {}
+        for skey, save in pending.items():
+            self._apply(skey, save)
+
+    def _apply(self, skey: bytes, save: _PendingSave) -> None:
+        encoded, digest, deleted_ms = save
+        if encoded is not None:
+            digest = clock_digest(encoded)
+        range_index = self._index.update(skey, digest)
+        self._tombstones.observe(skey, digest, deleted_ms, (keyspace_of(skey), range_index))
+
+    @property
+    def pending_saves(self) -> int:
+        """Saves recorded and not yet applied (at most `pending_saves_max`)."""
+        return len(self._pending)
+
+    @property
+    def index(self) -> MerkleIndex:
+        """The Merkle trees, with every save so far applied: no root, hash or key listing is ever
+        compared while a recorded save is missing from it."""
+        if self._pending:
+            self._apply_pending()
+        return self._index
+
+    @property
+    def tombstones(self) -> TombstoneTracker:
+        """The purge bookkeeping, with every save so far applied: a purge is never decided, and
+        no confirmation is taken, against a digest a newer save has already replaced."""
+        if self._pending:
+            self._apply_pending()
+        return self._tombstones
 
     def set_replication(self, replication: Mapping[str, int]) -> None:
         """Keyspace -> N (at most the cluster size): which ranges, and so which peers, to compare."""

@@ -10,10 +10,11 @@ list). Rules:
   its old contribution in O(depth): no tree is ever rebuilt by scanning, except once from the
   store at start-up (`load`).
 - The index keeps each key's digest (by leaf), so a differing leaf's keys are listed without
-  touching the store, and the purge guard has the digest at hand.
+  touching the store, and the purge guard has the digest at hand. Listings go by leaf, then key.
 - A tree that does not exist hashes to 0 everywhere, like an empty one.
 
-Pure: no I/O; the node driver feeds it from `Replica`'s save hook.
+Pure: no I/O; the node driver feeds it from `Replica`'s save hook, through the anti-entropy core,
+which records saves and applies them here in a batch just before it reads (cluster/anti_entropy.py).
 """
 
 import hashlib
@@ -32,11 +33,19 @@ def clock_digest(encoded: bytes) -> bytes:
     return hashlib.sha256(encoded).digest()[:DIGEST_BYTES]
 
 
+# blake2b(digest_size=8, person=b"titra.merkle") before any input: copying it is about half the
+# cost of building the same hasher from keyword arguments, twice per changed key.
+_ENTRY_HASHER = blake2b(digest_size=8, person=b"titra.merkle")
+
+
 def entry_hash(skey: bytes, digest: bytes) -> int:
-    """One key's contribution to its leaf. The digest has a fixed size, so no two (key, digest)
-    pairs feed the hash the same bytes."""
+    """One key's contribution to its leaf: blake2b-64(digest + skey), personalised. The digest
+    has a fixed size, so no two (key, digest) pairs feed the hash the same bytes."""
     assert len(digest) == DIGEST_BYTES
-    return int.from_bytes(blake2b(digest + skey, digest_size=8, person=b"titra.merkle").digest(), "big")
+    hasher = _ENTRY_HASHER.copy()
+    hasher.update(digest)
+    hasher.update(skey)
+    return int.from_bytes(hasher.digest(), "big")
 
 
 def keyspace_of(skey: bytes) -> str:
@@ -119,10 +128,13 @@ class MerkleTree:
             index = (index - 1) // 2
 
     def entries(self, leaves: list[int]) -> dict[bytes, bytes]:
-        """{skey: digest} of the keys in these leaves."""
+        """{skey: digest} of the keys in these leaves, by leaf then key: what an exchange lists
+        and pushes depends on the keys held, not on the order they were written or applied in."""
         found: dict[bytes, bytes] = {}
-        for leaf in leaves:
-            found.update(self.leaves.get(leaf, {}))
+        for leaf in sorted(leaves):
+            bucket = self.leaves.get(leaf)
+            if bucket:
+                found.update(sorted(bucket.items()))
         return found
 
 
@@ -149,15 +161,16 @@ class MerkleIndex:
         self.depth = depth
         self.ranges: list[TokenRange] = ring.ranges()
         self._ends = [r.end for r in self.ranges]
+        self._starts_widths = [(r.start, r.width()) for r in self.ranges]  # for `locate`, per save
         self._trees: dict[tuple[str, int], MerkleTree] = {}
 
     def locate(self, skey: bytes) -> tuple[int, int]:
         """(range index, leaf) of a scoped key."""
         token = key_token(skey)
         index = bisect_left(self._ends, token) % len(self._ends)
-        token_range = self.ranges[index]
-        offset = (token - token_range.start - 1) % TOKEN_SPACE
-        return index, (offset << self.depth) // token_range.width()
+        start, width = self._starts_widths[index]
+        offset = (token - start - 1) % TOKEN_SPACE
+        return index, (offset << self.depth) // width
 
     def range_index(self, end: int) -> int | None:
         """The index of the range ending at token `end`, if this ring has one."""

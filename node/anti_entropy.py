@@ -1,7 +1,8 @@
 """Anti-entropy's driver: feeds the pure core (cluster/anti_entropy.py) and carries out its effects.
 
 - The Merkle index is built once at start-up by scanning the store (the only full scan), then
-  kept current by `Replica`'s save hook on every write, merge and purge.
+  kept current by `Replica`'s save hook on every write, merge and purge. The hook only records
+  the stored bytes and the tombstone time; the core hashes them when its trees are next read.
 - A ticker takes `now` from the event loop and wall time from `replica.wall()`, so the
   deterministic simulator can run it on virtual time.
 - `Push` reads the stored clocks and sends each as a ReplicaMerge without acknowledgement; the
@@ -21,12 +22,12 @@ from typing import TypeVar
 from cluster import dvv
 from cluster.anti_entropy import AeEffect, AntiEntropy, Purge, Push
 from cluster.limits import ANTI_ENTROPY_DEFAULTS, HINT_DEFAULTS, AntiEntropyDefaults, HintDefaults
-from cluster.merkle import MerkleIndex, clock_digest
+from cluster.merkle import MerkleIndex
 from cluster.messages import Message, ReplicaMerge
 from cluster.replica import Replica
 from cluster.ring import Ring
 from cluster.rounds import Send
-from cluster.siblings import STORED_CONTENT_TYPE, Sibling, decode_clock, live, meta_is_deleted
+from cluster.siblings import STORED_CONTENT_TYPE, Sibling, decode_clock, meta_is_deleted
 from cluster.store import ScanPage
 from cluster.tombstones import RepairSettings
 from node.background import spawn
@@ -74,12 +75,16 @@ def repair_settings_from_env(environ: Mapping[str, str]) -> RepairSettings:
 
 def deleted_ms(clock: dvv.DVVSet[Sibling] | None) -> int | None:
     """The newest tombstone's physical ms when every sibling is a tombstone, else None."""
-    if clock is None:
-        return None
-    siblings = dvv.values(clock)
-    if not siblings or live(clock):
-        return None
-    return max(s.timestamp.physical_ms for s in siblings)
+    # Runs on every save: one pass that stops at the first live sibling (the usual case), rather
+    # than sorting the live siblings only to test that there are some.
+    newest = None
+    for entry in () if clock is None else clock.entries:
+        for sibling in entry.values:
+            if not sibling.deleted:
+                return None
+            if newest is None or sibling.timestamp.physical_ms > newest:
+                newest = sibling.timestamp.physical_ms
+    return newest
 
 
 class AntiEntropyDriver:
@@ -109,7 +114,8 @@ class AntiEntropyDriver:
             replica.save_listeners.append(self._on_save)
 
     def _on_save(self, skey: bytes, clock: dvv.DVVSet[Sibling] | None, encoded: bytes | None) -> None:
-        self.core.on_save(skey, None if encoded is None else clock_digest(encoded), deleted_ms(clock))
+        # Every replicated write runs this: record, do not hash (the core coalesces a key's saves).
+        self.core.on_save_encoded(skey, encoded, deleted_ms(clock))
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._run(), name="titra-anti-entropy")
@@ -129,10 +135,10 @@ class AntiEntropyDriver:
         while True:
             page: ScanPage = await self.replica.store.scan(b"", after, _SCAN_PAGE)
             for skey, record in page.items:
-                if record.content_type != STORED_CONTENT_TYPE or self.core.index.digest_of(skey) is not None:
-                    continue  # internal records, or a key written since the scan began (newer)
+                if record.content_type != STORED_CONTENT_TYPE or self.core.knows(skey):
+                    continue  # internal records, or a key saved since the scan began (newer)
                 clock = decode_clock(record.value) if meta_is_deleted(record.meta) else None
-                self.core.on_save(skey, clock_digest(record.value), deleted_ms(clock))
+                self.core.on_save_encoded(skey, record.value, deleted_ms(clock))
                 count += 1
             if page.cursor is None:
                 break

@@ -224,6 +224,31 @@ def test_a_young_tombstone_is_pushed_to_a_replica_that_lacks_the_key() -> None:
     assert k(1) in link.data["b"]
 
 
+def test_recording_saves_lazily_changes_nothing_a_peer_sees() -> None:
+    """The same writes, exchanges and purges with every save applied at once (pending_saves_max
+    0) and with saves recorded until a reader needs them: the same messages, in the same order."""
+
+    def exchange(pending_saves_max: int) -> tuple[list[Message], list[dict[str, int]], object]:
+        settings = replace(FAST, tombstone_grace_ms=GRACE_MS, pending_saves_max=pending_saves_max)
+        link = Link(nodes=("a", "b", "c"), settings=settings)
+        for i in range(300):
+            for node in ("a", "b", "c"):
+                link.put(node, k(i), f"v{i}")
+        for round_no in range(20):  # hot keys, rewritten between exchanges
+            for i in range(0, 300, 7):
+                link.put("a" if round_no % 2 else "b", k(i), f"r{round_no}-{i}")
+            link.put("c", k(1_000 + round_no), "tombstone", deleted_ms=link.wall_ms)
+            link.run(100)
+        link.run(3 * GRACE_MS)
+        assert link.converged()
+        stats = [vars(link.cores[node].stats) for node in link.nodes]
+        return link.sent, stats, link.data
+
+    eager = exchange(0)
+    assert sum(stats["purges_issued"] for stats in eager[1]) == 60, "each tombstone purged on its 3 replicas"
+    assert exchange(ANTI_ENTROPY_DEFAULTS.pending_saves_max) == eager
+
+
 def test_settings_come_from_the_environment() -> None:
     settings = repair_settings_from_env(
         {"TITRA_AE_INTERVAL_MS": "200", "TITRA_AE_TOMBSTONE_GRACE_MS": "5000", "TITRA_HINT_TTL_MS": "1000",

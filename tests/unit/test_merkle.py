@@ -170,3 +170,30 @@ def test_a_new_ring_rebuckets_from_memory() -> None:
     bigger = index.with_ring(RING.with_node("n4"))
     assert bigger.keys() == 200 and len(bigger.ranges) > len(index.ranges)
     assert all(bigger.digest_of(skey(i)) == digest(str(i)) for i in range(200))
+
+
+def test_an_entry_hashes_as_every_node_hashes_it() -> None:
+    """Peers compare these hashes, so they must not change with how they are computed: blake2b
+    of 8 bytes over digest + key, personalised "titra.merkle", read big-endian."""
+    from hashlib import blake2b
+
+    for i in range(50):
+        expected = blake2b(digest(str(i)) + skey(i), digest_size=8, person=b"titra.merkle").digest()
+        assert entry_hash(skey(i), digest(str(i))) == int.from_bytes(expected, "big")
+
+
+def test_a_listing_goes_by_leaf_then_key_whatever_the_order_of_writes() -> None:
+    forwards, backwards = MerkleIndex(RING, depth=2), MerkleIndex(RING, depth=2)
+    for i in range(400):
+        forwards.update(skey(i), digest(str(i)))
+        backwards.update(skey(399 - i), digest(str(399 - i)))
+    forwards.update(skey(7), digest("rewritten"))
+    backwards.update(skey(7), digest("rewritten"))
+    for range_index in range(len(RING.ranges())):
+        listed = forwards.entries("default", range_index, [])
+        assert list(listed.items()) == list(backwards.entries("default", range_index, []).items())
+        keys = list(listed)
+        assert keys == sorted(keys, key=lambda key: (forwards.locate(key)[1], key))
+        assert list(forwards.entries("default", range_index, [3, 1]).items()) == [
+            item for item in listed.items() if forwards.locate(item[0])[1] in (1, 3)
+        ]
