@@ -16,8 +16,8 @@ TITRA_AE_TOMBSTONE_GRACE_MS, TITRA_HINT_TTL_MS), TITRA_AE_ENABLED and TITRA_HINT
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from cluster import dvv
 from cluster.anti_entropy import AeEffect, AntiEntropy, Purge, Push
@@ -198,7 +198,7 @@ class AntiEntropyDriver:
             self.core.tombstones.release(purge.keyspace.encode() + b"\x00" + purge.key)
             raise
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         spawn(self._tasks, work, log, "anti-entropy task")
 
     def status(self) -> dict[str, object]:

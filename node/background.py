@@ -2,19 +2,26 @@
 are logged, never lost ("Task exception was never retrieved")."""
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Coroutine
+from typing import Any
 
 
-def spawn(tasks: set["asyncio.Task[None]"], work: Awaitable[None], log: logging.Logger, what: str) -> None:
-    """Run `work` as a task held in `tasks` (so close() can cancel it) until it finishes."""
+def spawn(tasks: set["asyncio.Task[None]"], work: Coroutine[Any, Any, None], log: logging.Logger, what: str) -> None:
+    """Run `work` as a task held in `tasks` (so close() can cancel it) until it finishes.
 
-    async def run() -> None:
-        try:
-            await work
-        except Exception:
-            log.exception("%s failed", what)
-
-    task = asyncio.create_task(run())
+    The error is logged from a done callback rather than by a wrapping coroutine: a replica
+    spawns one of these per replicated write, and the extra frame showed in profiles."""
+    task = asyncio.get_running_loop().create_task(work)
     tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    task.add_done_callback(functools.partial(_finished, tasks, log, what))
+
+
+def _finished(tasks: set["asyncio.Task[None]"], log: logging.Logger, what: str, task: "asyncio.Task[None]") -> None:
+    tasks.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log.error("%s failed", what, exc_info=error)

@@ -11,8 +11,9 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from cluster import dvv
 from cluster.context import scoped_key
@@ -224,7 +225,7 @@ class HintedHandoff:
                         raise
                     self.backlog.remove(hint)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         spawn(self._tasks, work, log, "hinted handoff task")
 
     def status(self) -> dict[str, object]:

@@ -13,9 +13,9 @@ It implements `cluster.requests.Coordinator` for the HTTP edge. Rules:
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cluster import dvv
 from cluster.context import scoped_key, version_of
@@ -123,6 +123,7 @@ class NodeRuntime:
             self.ring, replica, self.keyspaces, transport.send, self._reachable, settings
         )
         self._pending: dict[int, _Pending] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop serving this runtime, once known
         # _reachable's memo: the loop millisecond it holds, and node id -> reachable.
         self._reachable_ms = -1
         self._reachable_now: dict[str, bool] = {}
@@ -153,9 +154,16 @@ class NodeRuntime:
     def ready(self) -> bool:
         return self._ready
 
-    @staticmethod
-    def _now_ms() -> int:
-        return int(asyncio.get_running_loop().time() * 1000)
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Cached: on CPython 3.11 every asyncio.get_running_loop() is a getpid(2) system call,
+        # and a write asks for the loop (its time) a dozen times.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    def _now_ms(self) -> int:
+        return int(self._running_loop().time() * 1000)
 
     def _reachable(self, node_id: str) -> bool:
         """Connected, and not convicted by the failure detector: a down replica is skipped at once
@@ -213,7 +221,7 @@ class NodeRuntime:
 
     async def _forward(self, target: str, request: WriteRequest, w: int) -> WriteOutcome:
         rid = self._round_id()
-        future: asyncio.Future[Finish | WriteOutcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Finish | WriteOutcome] = self._running_loop().create_future()
         self._pending[rid] = _Pending(None, future)
         self.transport.send(target, ForwardWrite(rid, request))
         try:
@@ -444,7 +452,7 @@ class NodeRuntime:
     # --- driving rounds ------------------------------------------------------------------------
 
     async def _run(self, round_: WriteRound | ReadRound | ListRound, effects: list[Effect]) -> Finish:
-        future: asyncio.Future[Finish | WriteOutcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Finish | WriteOutcome] = self._running_loop().create_future()
         self._pending[round_.round_id] = _Pending(round_, future)
         self._apply(round_.round_id, effects)
         # Not shielded: a cancelled caller cancels only this future; the round goes on, and
@@ -515,7 +523,7 @@ class NodeRuntime:
             case ReplicaRead() | ReplicaMerge() | ListKeys() | ForwardWrite():
                 self._spawn(self._serve(sender, message))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         spawn(self._tasks, work, log, "runtime task")
 
     async def _serve(self, sender: str, message: Message) -> None:
