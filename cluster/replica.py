@@ -125,14 +125,16 @@ class Replica:
         if len(decoded) > CLOCK_DEFAULTS.decoded_clocks_cached:
             del decoded[next(iter(decoded))]
 
-    async def _save(self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str) -> bytes | None:
-        """The one place a replica writes a key (None: purges it); returns what it stored."""
-        encoded = None
+    async def _save(
+        self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str, encoded: bytes | None = None
+    ) -> bytes | None:
+        """The one place a replica writes a key (None: purges it); returns what it stored.
+        `encoded`, when given, is `clock`'s encoding (saves encoding it again)."""
         if clock is None:
             self._decoded.pop(skey, None)
             await self.store.delete(skey, Durability(durability))
         else:
-            encoded = encode_clock(clock)
+            encoded = encoded or encode_clock(clock)
             self._remember(skey, encoded, clock)
             await self.store.put(skey, encoded, STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
         for listener in self.save_listeners:
@@ -254,7 +256,9 @@ class Replica:
             if local is not None and merged == local:
                 return False
             self._observe(merged)
-            await self._save(skey, merged, durability)
+            # Usually the incoming clock supersedes ours and is the merge: store the bytes as they
+            # came (every node encodes a clock the same way, so replicas' digests still agree).
+            await self._save(skey, merged, durability, encoded if merged == incoming else None)
             return True
         finally:
             self._unlock(skey)
