@@ -1,6 +1,7 @@
 """The peer transport: persistent titra-peer/1 connections between Titra nodes.
 
-Edge module (asyncio, logging). Rules:
+Edge module (asyncio, logging); what the bytes mean (the handshake heads, where frames begin and
+end) is node/peer_wire.py's, and this module moves them. Rules:
 - Each node opens ONE outbound TCP connection to each peer's listener and only sends on it; it
   only receives on the connections peers opened to it. So A->B traffic rides A's socket and B->A
   rides B's, and neither side ever has to pick a winner between two sockets.
@@ -26,37 +27,28 @@ Edge module (asyncio, logging). Rules:
 """
 
 import asyncio
-import hmac
-import json
 import logging
-import re
 import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 import msgpack
 
 from cluster.limits import CLOCK_DEFAULTS, MEMBERSHIP_DEFAULTS, PEER_DEFAULTS, PeerDefaults
 from cluster.messages import Message, MessageDecodeError, decode, encode
+from node import peer_wire
+from node.peer_wire import LENGTH_BYTES, NODE_ID_HEADER, PEER_PATH, PEER_PROTOCOL, Refusal
+
+# The handshake's names stay importable from here, where they were before node/peer_wire.py.
+__all__ = ["NODE_ID_HEADER", "PEER_PATH", "PEER_PROTOCOL", "PeerTransport", "TransportStats", "UnknownPeerError"]
 
 log = logging.getLogger("titra.transport")
 
-PEER_PATH = "/v1/peer"
-PEER_PROTOCOL = "titra-peer/1"
-NODE_ID_HEADER = "Titra-Node-Id"
 # The largest msgpack array header (0xdd + 4 bytes); a frame is this plus its packed messages.
 _ARRAY_HEADER_BYTES_MAX = 5
-_LENGTH_BYTES = 4  # before each frame: its payload's length, big-endian
-_HEAD_END = b"\r\n\r\n"
 _ADDRESS_BYTES_MAX = 259  # HOST:PORT, a 253-byte DNS name at most
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 5.1)
-_UPGRADED = f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {PEER_PROTOCOL}\r\n\r\n".encode()
 _PACKER = msgpack.Packer(use_bin_type=True)
-
-# An HTTP refusal of the upgrade: (status, code, message).
-Refusal = tuple[int, str, str]
 
 
 class UnknownPeerError(LookupError):
@@ -106,7 +98,14 @@ class PeerTransport:
         self._secret = secret.encode()
         self._on_message = on_message
         self._defaults = defaults
-        self._admit_unknown_peers = admit_unknown_peers
+        self._admission = peer_wire.Admission(
+            node_id=node_id,
+            secret=self._secret,
+            head_bytes_max=defaults.handshake_head_bytes_max,
+            admit_unknown_peers=admit_unknown_peers,
+            node_id_bytes_max=CLOCK_DEFAULTS.node_id_bytes_max,
+            members_max=MEMBERSHIP_DEFAULTS.members_max,
+        )
         self._on_connected = on_connected  # told each time an outbound connection comes up
         self._peers = {nid: _Peer(nid, addr) for nid, addr in peers.items() if nid != node_id}
         self._inbound: set[_Inbound] = set()
@@ -245,7 +244,7 @@ class PeerTransport:
             size += len(packed)
         assert parts, "send never queues a message that cannot fit in a frame alone"
         header: bytes = _PACKER.pack_array_header(len(parts))
-        length = (len(header) + size).to_bytes(_LENGTH_BYTES, "big")
+        length = (len(header) + size).to_bytes(LENGTH_BYTES, "big")
         return b"".join([length, header, *parts]), len(parts)
 
     async def _run_outbound(self, peer: _Peer) -> None:
@@ -296,40 +295,13 @@ class PeerTransport:
         return conn
 
     def _upgrade_request(self, address: str) -> bytes:
-        return (
-            f"GET {PEER_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\nUpgrade: {PEER_PROTOCOL}\r\n"
-            f"Authorization: Bearer {self._secret.decode()}\r\n{NODE_ID_HEADER}: {self.node_id}\r\n\r\n"
-        ).encode()
+        return peer_wire.upgrade_request(address, self.node_id, self._secret)
 
     # Inbound: the listener's handshake, then frames.
 
-    def _admit(self, head: bytes) -> _Peer | Refusal:
-        """The peer an upgrade request comes from, or why it is refused: form, path, method, secret, sender, upgrade."""
-        try:
-            request_line, headers = _parse_head(head)
-            method, target, version = request_line.decode("ascii").split(" ")  # a ValueError if not three
-            if version != "HTTP/1.1" or not target.startswith("/"):
-                raise ValueError("the request line is not `METHOD /PATH HTTP/1.1`")
-        except ValueError as exc:  # UnicodeDecodeError is one too
-            return 400, "bad_request", f"malformed request head: {exc}"
-        if target.partition("?")[0] != PEER_PATH:
-            return 404, "route_not_found", f"the peer listener serves only {PEER_PATH}"
-        if method != "GET":
-            return 400, "bad_request", f"{PEER_PATH} takes GET with `Upgrade: {PEER_PROTOCOL}`"
-        if not hmac.compare_digest(headers.get("authorization", b""), b"Bearer " + self._secret):
-            return 401, "unauthorized", "peer endpoints need the cluster secret as a Bearer token"
-        sender = headers.get(NODE_ID_HEADER.lower(), b"").decode("utf-8", "replace")
+    def _admitted(self, sender: str) -> _Peer:
+        """The peer behind an accepted upgrade (peer_wire.read_upgrade_request checked the sender)."""
         peer = self._peers.get(sender)
-        if peer is None:
-            if not self._admit_unknown_peers:
-                return 403, "forbidden", f"{NODE_ID_HEADER} names no configured peer"
-            if not sender or sender == self.node_id or len(sender.encode()) > CLOCK_DEFAULTS.node_id_bytes_max:
-                return 403, "forbidden", f"{NODE_ID_HEADER} must name the sending node"
-            if len(self._peers) >= MEMBERSHIP_DEFAULTS.members_max:
-                return 403, "forbidden", "this node knows as many peers as a cluster may have"
-        connection = {token.strip().lower() for token in headers.get("connection", b"").split(b",")}
-        if b"upgrade" not in connection or headers.get("upgrade", b"").lower() != PEER_PROTOCOL.encode():
-            return 400, "bad_request", f"{PEER_PATH} needs `Connection: Upgrade` and `Upgrade: {PEER_PROTOCOL}`"
         if peer is None:
             # Holds the secret but is not configured: a node joining through gossip (its address comes later).
             peer = self._peers[sender] = _Peer(sender, "")
@@ -409,26 +381,15 @@ class _Outbound(asyncio.Protocol):
             self._fail("the peer sent data on a send-only connection")
             return
         self._head += data
-        end = self._head.find(_HEAD_END)
-        if end < 0:
-            if len(self._head) > self._defaults.handshake_head_bytes_max:
-                self._fail("the peer's answer to the upgrade is too long")
+        why = peer_wire.read_upgrade_answer(self._head, self._defaults.handshake_head_bytes_max)
+        if why is None:
+            return  # the answer's head is still incomplete
+        if why:
+            self._fail(why)
             return
-        try:
-            status_line, headers = _parse_head(bytes(self._head[:end]))
-        except ValueError as exc:
-            self._fail(f"a malformed answer to the upgrade: {exc}")
-            return
-        if status_line.split(b" ", 2)[1:2] != [b"101"]:
-            self._fail(f"refused by the peer: {status_line.decode('latin-1')}")
-        elif headers.get("upgrade", b"").lower() != PEER_PROTOCOL.encode():
-            self._fail(f"the peer switched to a protocol other than {PEER_PROTOCOL}")
-        elif len(self._head) > end + len(_HEAD_END):
-            self._fail("the peer sent data on a send-only connection")
-        else:
-            self._head.clear()
-            self._open = True
-            self.upgraded.set_result("")
+        self._head.clear()
+        self._open = True
+        self.upgraded.set_result("")
 
     def _fail(self, why: str) -> None:
         if not self.upgraded.done():
@@ -465,7 +426,8 @@ class _Inbound(asyncio.Protocol):
         self._owner = owner
         self._defaults = owner._defaults
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()  # the request head, then a partial frame
+        self._head = bytearray()  # the request head, until the upgrade or the refusal
+        self._frames_read = peer_wire.FrameReader(self._defaults.frame_bytes_max)
         self._peer: _Peer | None = None  # set by the upgrade
         self._refused = False  # answered with an HTTP error: waiting for the client to close
         self._discarded_bytes = 0
@@ -509,32 +471,28 @@ class _Inbound(asyncio.Protocol):
             self._read_head(data)
 
     def _read_head(self, data: bytes) -> None:
-        self._buffer += data
-        head_max = self._defaults.handshake_head_bytes_max
-        end = self._buffer.find(_HEAD_END, 0, head_max + 1)
-        if end < 0 or end + len(_HEAD_END) > head_max:
-            if len(self._buffer) > head_max:
-                self._refuse((400, "bad_request", f"the request head is longer than {head_max} bytes"))
+        self._head += data
+        owner = self._owner
+        request = peer_wire.read_upgrade_request(self._head, owner._admission, owner._peers)
+        if request is None:
+            return  # the head is still incomplete
+        if isinstance(request, Refusal):
+            self._refuse(request)
             return
-        head, rest = bytes(self._buffer[:end]), bytes(self._buffer[end + len(_HEAD_END) :])
-        self._buffer.clear()
-        admitted = self._owner._admit(head)
-        if isinstance(admitted, tuple):
-            self._refuse(admitted)
-            return
+        self._head.clear()
         assert self._timer is not None
         self._timer.cancel()
-        self._peer = admitted
-        self.transport.write(_UPGRADED)
-        if rest:  # frames sent right behind the request
-            self._frames(admitted, rest)
+        peer = self._peer = owner._admitted(request.sender)
+        self.transport.write(peer_wire.SWITCHING_PROTOCOLS)
+        if request.rest:  # frames sent right behind the request
+            self._frames(peer, request.rest)
 
     def _refuse(self, refusal: Refusal) -> None:
         peername = self.transport.get_extra_info("peername")
-        log.debug("refused a peer connection from %s: %d %s", peername, refusal[0], refusal[1])
+        log.debug("refused a peer connection from %s: %d %s", peername, refusal.status, refusal.code)
         self._refused = True
-        self._buffer.clear()
-        self.transport.write(_http_error(*refusal))
+        self._head.clear()
+        self.transport.write(refusal.response())
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the client reads the answer, then closes; the timer bounds the wait
         else:
@@ -546,66 +504,26 @@ class _Inbound(asyncio.Protocol):
         else:
             self._refused = True
             limit_s = self._defaults.handshake_timeout_ms / 1000
-            self.transport.write(_http_error(408, "request_timeout", f"no complete upgrade request within {limit_s} s"))
+            refusal = Refusal(408, "request_timeout", f"no complete upgrade request within {limit_s} s")
+            self.transport.write(refusal.response())
             self.transport.close()
 
     def _frames(self, peer: _Peer, data: bytes) -> None:
-        """Deliver every complete frame in the buffered bytes plus `data`; keep the partial tail."""
-        buffer = self._buffer
-        view: bytes | bytearray = data
-        if buffer:
-            buffer += data
-            view = buffer
-        frame_max = self._defaults.frame_bytes_max
-        offset, total = 0, len(view)
-        while total - offset >= _LENGTH_BYTES:
-            start = offset + _LENGTH_BYTES
-            length = int.from_bytes(view[offset:start], "big")
-            if length > frame_max:
-                self._owner._frame_too_large(peer, length)
-                buffer.clear()
-                self.transport.abort()
-                return
-            end = start + length
-            if end > total:
-                break
-            self._owner._receive_frame(peer, view[start:end])
-            offset = end
-        if view is buffer:
-            del buffer[:offset]
-        elif offset < total:
-            buffer += data[offset:]
-
-
-def _parse_head(head: bytes) -> tuple[bytes, dict[str, bytes]]:
-    """The start line and the headers (lowercase names) of an HTTP/1.1 head; ValueError if malformed."""
-    start_line, *lines = head.split(b"\r\n")
-    headers: dict[str, bytes] = {}
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise ValueError(f"not a header line: {line[:64]!r}")
-        key = name.decode("ascii").lower()
-        if key in headers:
-            raise ValueError(f"header {key} given twice")
-        headers[key] = value.strip(b" \t")
-    return start_line, headers
-
-
-def _http_error(status: int, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+        """Deliver every frame `data` completes; a length above frame_bytes_max closes the connection."""
+        frames_read = self._frames_read
+        for payload in frames_read.feed(data):
+            self._owner._receive_frame(peer, payload)
+        if frames_read.oversized_length is not None:
+            self._owner._frame_too_large(peer, frames_read.oversized_length)
+            self.transport.abort()
 
 
 def _keep_alive(transport: asyncio.BaseTransport, defaults: PeerDefaults) -> None:
     """Let the kernel find dead links: TCP keepalive, and TCP_USER_TIMEOUT for unacknowledged data.
 
-    This replaces the WebSocket heartbeat, which found half-open sockets with a ping per second
-    from Python on both ends: the kernel probes only silent connections and costs no task wakeup.
+    This replaces the earlier aiohttp transport's WebSocket heartbeat, which found half-open
+    sockets with a ping per second from Python on both ends: the kernel probes only silent
+    connections and costs no task wakeup.
     A live but hung process still acknowledges at the TCP level; the phi-accrual failure detector
     (node/membership.py) is what convicts it.
     """
