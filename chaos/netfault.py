@@ -6,8 +6,8 @@ the cut peers' addresses, on INPUT and OUTPUT, so connections that are already o
 TITRA-CHAOS, so a heal removes exactly what we added. A cut is not believed until it is seen:
 - from inside each cut node, a TCP connect to every cut peer's port 7170 must fail within a second,
   and to every other peer it must succeed (the shape is exact, not "the network is down");
-- every node's /v1/status must come to show the cut peers as not connected (the open WebSocket
-  links died; they were up before the cut), within a deadline;
+- every node's /v1/status must come to show the cut peers as not connected (the open titra-peer/1
+  connections died; they were up before the cut), within a deadline;
 - on heal, the DROP counters say how many packets were dropped, and the same probes must show
   every link back: TCP connects succeed and every node is connected to every peer again.
 """
@@ -24,7 +24,7 @@ from chaos.schedule import NETEM_DELAY_MS, NETEM_LOSS_PERCENT, Fault
 CHAIN = "TITRA-CHAOS"
 PEER_PORT = 7170
 PROBE_TIMEOUT_S = 1.0
-CUT_SEEN_TIMEOUT_S = 20.0  # WebSocket heartbeats (1 s) must notice the dead links by then
+CUT_SEEN_TIMEOUT_S = 20.0  # TCP keepalive and TCP_USER_TIMEOUT (~5 s) must close the dead links by then
 HEAL_SEEN_TIMEOUT_S = 30.0  # reconnects back off to 2 s
 
 # Runs inside a node container: try a TCP connect to each address, print {ip: "ok" | error}.
