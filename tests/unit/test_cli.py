@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,8 +319,22 @@ def test_the_cluster_secret_is_made_once_and_readable_only_by_its_owner(tmp_path
 
 
 def sleeper(*argv: str) -> "subprocess.Popen[bytes]":
-    """A long-running stand-in process; its extra argv puts a node's data dir on its command line."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
+    """A long-running stand-in process; its extra argv puts a node's data dir on its command line.
+
+    Returned once the child has exec'd: until then /proc/PID/cmdline shows the parent's command
+    line (or nothing), and `titra local` would rightly not take it for a node."""
+    script = "import time; time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-c", script, *argv])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if script.encode() in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+                return process
+        except OSError:
+            pass
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("the stand-in process did not start within 10 s")
 
 
 def test_local_down_stops_the_node_processes_and_removes_pid_files(
