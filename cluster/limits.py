@@ -88,6 +88,10 @@ class ClockDefaults:
     # replicated write reads its key's clock back before merging, and decoding our own stored
     # bytes again was a tenth of a node's CPU. About 2 KB each at one 256-byte sibling.
     decoded_clocks_cached: int = 4_096
+    # ...and at most this many bytes of them (stored size), since a decoded set holds its own
+    # copy of every value: 4,096 keys of 1 MiB would otherwise pin 4 GiB. A set over 1/16 of it
+    # is not kept at all (decoding a large set costs little next to copying its values anyway).
+    decoded_clocks_bytes_max: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ class Replica:
         self._key_locks: dict[bytes, list[asyncio.Future[None]]] = {}  # held key -> its waiters
         # scoped key -> (stored bytes, their decoded clock), oldest first; see _load.
         self._decoded: dict[bytes, tuple[bytes, DVVSet[Sibling]]] = {}
+        self._decoded_bytes = 0  # the stored size of what _decoded holds
         # Called after every write of a key, with the stored clock and its encoding (None, None: the
         # key was purged); anti-entropy's Merkle trees are kept current from here (cluster/merkle.py).
         self.save_listeners: list[Callable[[bytes, DVVSet[Sibling] | None, bytes | None], None]] = []
@@ -120,10 +121,22 @@ class Replica:
 
     def _remember(self, skey: bytes, encoded: bytes, clock: DVVSet[Sibling]) -> None:
         decoded = self._decoded
-        decoded.pop(skey, None)
+        self._forget(skey)
+        if len(encoded) > CLOCK_DEFAULTS.decoded_clocks_bytes_max // 16:
+            return  # too large to keep (limits.py)
         decoded[skey] = (encoded, clock)
-        if len(decoded) > CLOCK_DEFAULTS.decoded_clocks_cached:
-            del decoded[next(iter(decoded))]
+        self._decoded_bytes += len(encoded)
+        while (
+            len(decoded) > CLOCK_DEFAULTS.decoded_clocks_cached
+            or self._decoded_bytes > CLOCK_DEFAULTS.decoded_clocks_bytes_max
+        ):
+            oldest = next(iter(decoded))
+            self._decoded_bytes -= len(decoded.pop(oldest)[0])
+
+    def _forget(self, skey: bytes) -> None:
+        old = self._decoded.pop(skey, None)
+        if old is not None:
+            self._decoded_bytes -= len(old[0])
 
     async def _save(
         self, skey: bytes, clock: DVVSet[Sibling] | None, durability: str, encoded: bytes | None = None
@@ -131,7 +144,7 @@ class Replica:
         """The one place a replica writes a key (None: purges it); returns what it stored.
         `encoded`, when given, is `clock`'s encoding (saves encoding it again)."""
         if clock is None:
-            self._decoded.pop(skey, None)
+            self._forget(skey)
             await self.store.delete(skey, Durability(durability))
         else:
             encoded = encoded or encode_clock(clock)

@@ -240,7 +240,8 @@ class WalWriter:
 
     async def _shut_down(self) -> None:
         """Close the segment file on the writer thread, then end the thread."""
-        if self._thread.ident is None:  # never started
+        if self._thread.ident is None or not self._stop_thread.alive or not self._thread.is_alive():
+            # Never started, or a failed start() already stopped it: no job would ever run.
             self._stop_thread()
             return
         closed: asyncio.Future[None] = self._loop.create_future()

@@ -115,3 +115,32 @@ async def test_the_decoded_clock_cache_is_bounded() -> None:
     assert len(replica._decoded) == CLOCK_DEFAULTS.decoded_clocks_cached
     assert b"k0" not in replica._decoded  # the oldest went first
     assert b"k%d" % (CLOCK_DEFAULTS.decoded_clocks_cached + extra - 1) in replica._decoded
+
+
+async def test_the_decoded_clock_cache_is_bounded_in_bytes_and_skips_large_sets() -> None:
+    replica = make_replica()
+    budget = CLOCK_DEFAULTS.decoded_clocks_bytes_max
+    big = b"x" * (budget // 16 - 1024)  # just under the size kept at all
+    for n in range(40):
+        replica._remember(b"k%d" % n, big, dvv.DVVSet())
+    assert replica._decoded_bytes <= budget
+    assert replica._decoded_bytes == sum(len(encoded) for encoded, _ in replica._decoded.values())
+    assert b"k39" in replica._decoded and b"k0" not in replica._decoded
+    huge = b"x" * (budget // 16 + 1)
+    replica._remember(b"k39", huge, dvv.DVVSet())  # replaces, and is too large to keep
+    assert b"k39" not in replica._decoded
+    assert replica._decoded_bytes == sum(len(encoded) for encoded, _ in replica._decoded.values())
+
+
+async def test_a_stored_clock_reencodes_to_the_same_bytes() -> None:
+    # A replica stores an incoming clock's bytes as they came when that clock is the merge, so
+    # Merkle digests agree across replicas only while every node encodes a clock canonically.
+    a, b = make_replica("a"), make_replica("b")
+    await put(a, b"k", b"one")
+    await put(a, b"k", b"two")
+    stored = await a.read("ks", b"k")
+    assert stored is not None
+    assert await b.merge("ks", Resolution.SIBLINGS, b"k", stored, "async")
+    kept = await b.read("ks", b"k")
+    assert kept is not None and encode_clock(decode_clock(kept)) == kept == stored
+
