@@ -439,10 +439,20 @@ def test_local_up_waits_for_ready_nodes_and_local_down_stops_them(
     assert stopped == {"stopped": pids, "killed": []}
     assert list(root.glob("*.pid")) == [] and local.running(root) == {}
     for pid in pids.values():  # the nodes are this process's children here: each ended by SIGTERM
-        try:
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue  # already reaped by subprocess's own bookkeeping
+        # `down` sees a node gone once its command line is (an exiting process's reads empty
+        # before it is a zombie), so reap it within a deadline rather than at once.
+        deadline = time.monotonic() + 10
+        reaped, status = 0, 0
+        while reaped == 0 and time.monotonic() < deadline:
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                reaped = -1  # already reaped by subprocess's own bookkeeping
+                break
+            if reaped == 0:
+                time.sleep(0.01)
+        if reaped == -1:
+            continue
         assert reaped == pid and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
 
 
