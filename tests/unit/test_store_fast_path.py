@@ -9,56 +9,19 @@ observed on the lock manager (`waiting_count`), never by sleeping.
 """
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from gated_disk import GATE_TIMEOUT_S, GatedDisk
 
 from cluster.store import Isolation, Transaction
 from node.storage import StoreConfig, WalStore
-from node.storage.disk import FileHandle, SimDisk
 
 RU, RR, SER = Isolation.READ_UNCOMMITTED, Isolation.REPEATABLE_READ, Isolation.SERIALIZABLE
 K = b"k"
-GATE_TIMEOUT_S = 10  # a writer thread stuck at a gate a failing test never opened gives up
 NO_LOCK_TIMEOUT = StoreConfig(lock_timeout_ms=60_000)  # a wait can only end by the other's end
-
-
-class _GatedFile:
-    def __init__(self, disk: "GatedDisk", inner: FileHandle) -> None:
-        self._disk = disk
-        self._inner = inner
-
-    def write(self, data: bytes) -> None:
-        self._inner.write(data)
-
-    def sync(self) -> None:
-        self._disk.sync_reached.set()
-        assert self._disk.sync_gate.wait(GATE_TIMEOUT_S), "the test never opened the fsync gate"
-        self._inner.sync()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class GatedDisk(SimDisk):
-    """A SimDisk whose file fsyncs wait while `sync_gate` is clear: an fsync commit written to the
-    log stays in flight (logged, not yet applied, its key still locked) until the test opens it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sync_gate = threading.Event()
-        self.sync_gate.set()
-        self.sync_reached = threading.Event()
-
-    def hold_syncs(self) -> None:
-        self.sync_reached.clear()
-        self.sync_gate.clear()
-
-    def open_append(self, path: str) -> FileHandle:
-        return _GatedFile(self, super().open_append(path))
 
 
 @asynccontextmanager

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from gated_disk import GATE_TIMEOUT_S, GatedDisk
 
 from cluster.store import Durability, StoreClosed, StoreFailed
 from node.storage import StoreConfig, WalStore
@@ -22,7 +23,6 @@ from node.storage.wal import WalWriter, segment_name
 
 WAL_DIR = "wal"
 COMMIT = RecordType.COMMIT
-GATE_TIMEOUT_S = 10  # a writer thread held at a gate a failing test never opened gives up
 NO_BACKGROUND_SYNC_MS = 600_000
 
 
@@ -39,41 +39,6 @@ async def open_writer(disk: SimDisk, segment_bytes_max: int = 1 << 20) -> WalWri
     wal = WalWriter(disk, WAL_DIR, [], 1, segment_bytes_max, NO_BACKGROUND_SYNC_MS)
     await wal.start()
     return wal
-
-
-class _GatedFile:
-    def __init__(self, disk: "GatedDisk", inner: FileHandle) -> None:
-        self._disk = disk
-        self._inner = inner
-
-    def write(self, data: bytes) -> None:
-        self._inner.write(data)
-
-    def sync(self) -> None:
-        self._disk.sync_reached.set()
-        assert self._disk.sync_gate.wait(GATE_TIMEOUT_S), "the test never opened the fsync gate"
-        self._inner.sync()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class GatedDisk(SimDisk):
-    """A SimDisk whose file fsyncs wait while `sync_gate` is clear: the batch being synced stays
-    with the writer thread until the test opens the gate."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sync_gate = threading.Event()
-        self.sync_gate.set()
-        self.sync_reached = threading.Event()
-
-    def hold_syncs(self) -> None:
-        self.sync_reached.clear()
-        self.sync_gate.clear()
-
-    def open_append(self, path: str) -> FileHandle:
-        return _GatedFile(self, super().open_append(path))
 
 
 async def wait_until_sync_reached(disk: GatedDisk) -> None:
