@@ -191,72 +191,48 @@ class Replica:
         skey = scoped_key(keyspace, key)
         await self._lock(skey)
         try:
-            return await self._mint_locked(
-                skey,
-                resolution,
-                sibling_value,
-                content_type,
-                deleted,
-                deps,
-                context,
-                if_match,
-                if_none_match,
-                durability,
+            local = await self._load(skey) or DVVSet()
+            if if_match is not None and dvv.join(local) != if_match:
+                return Minted(
+                    WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context"
+                )
+            if if_none_match and live(local):
+                return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-None-Match: the key has a value")
+            if deleted and context is None:
+                # A delete without a context removes what this replica holds now, as Riak's delete
+                # fetches the object's clock first; a blind tombstone would only become a sibling.
+                context = dvv.join(local)
+            self._observe(local)
+            stamp = self.clock.now(self.wall())
+            sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
+            # A replica without an entry of its own for the key may have minted dots for it before
+            # a tombstone purge removed them; a counter from the hybrid clock (which every mint
+            # advances) is above them all (Riak KV 2.0's key epochs solve the same problem).
+            first = (stamp.physical_ms << 14) + min(stamp.logical, 2**14 - 1) + 1
+            updated = resolve(
+                dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id, first), resolution
             )
+            if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
+                return Minted(
+                    WriteStatus.SIBLINGS_LIMIT,
+                    None,
+                    None,
+                    f"the key would have {dvv.size(updated)} siblings; the limit is {CLOCK_DEFAULTS.siblings_max}: "
+                    "read it and write with its context to resolve them",
+                )
+            if total_bytes(updated) > REQUEST_DEFAULTS.sibling_set_bytes_max:
+                return Minted(
+                    WriteStatus.SIBLINGS_LIMIT,
+                    None,
+                    None,
+                    f"the key's siblings would hold {total_bytes(updated)} bytes; the limit is "
+                    f"{REQUEST_DEFAULTS.sibling_set_bytes_max}: resolve them by writing with their context",
+                )
+            encoded = await self._save(skey, updated, durability)
+            assert encoded is not None
+            return Minted(WriteStatus.OK, updated, stamp, encoded=encoded)
         finally:
             self._unlock(skey)
-
-    async def _mint_locked(
-        self,
-        skey: bytes,
-        resolution: Resolution,
-        sibling_value: bytes,
-        content_type: str,
-        deleted: bool,
-        deps: tuple[tuple[bytes, VersionVector], ...],
-        context: VersionVector | None,
-        if_match: VersionVector | None,
-        if_none_match: bool,
-        durability: str,
-    ) -> Minted:
-        local = await self._load(skey) or DVVSet()
-        if if_match is not None and dvv.join(local) != if_match:
-            return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-Match: the key changed since that context")
-        if if_none_match and live(local):
-            return Minted(WriteStatus.PRECONDITION_FAILED, None, None, "If-None-Match: the key has a value")
-        if deleted and context is None:
-            # A delete without a context removes what this replica holds now, as Riak's delete
-            # fetches the object's clock first; a blind tombstone would only become a sibling.
-            context = dvv.join(local)
-        self._observe(local)
-        stamp = self.clock.now(self.wall())
-        sibling = Sibling(sibling_value, content_type, stamp, deleted, deps)
-        # A replica without an entry of its own for the key may have minted dots for it before
-        # a tombstone purge removed them; a counter from the hybrid clock (which every mint
-        # advances) is above them all (Riak KV 2.0's key epochs solve the same problem).
-        first = (stamp.physical_ms << 14) + min(stamp.logical, 2**14 - 1) + 1
-        updated = resolve(
-            dvv.update(dvv.Write(sibling, context or VersionVector()), local, self.node_id, first), resolution
-        )
-        if dvv.size(updated) > CLOCK_DEFAULTS.siblings_max:
-            return Minted(
-                WriteStatus.SIBLINGS_LIMIT,
-                None,
-                None,
-                f"the key would have {dvv.size(updated)} siblings; the limit is {CLOCK_DEFAULTS.siblings_max}: "
-                "read it and write with its context to resolve them",
-            )
-        if total_bytes(updated) > REQUEST_DEFAULTS.sibling_set_bytes_max:
-            return Minted(
-                WriteStatus.SIBLINGS_LIMIT,
-                None,
-                None,
-                f"the key's siblings would hold {total_bytes(updated)} bytes; the limit is "
-                f"{REQUEST_DEFAULTS.sibling_set_bytes_max}: resolve them by writing with their context",
-            )
-        encoded = await self._save(skey, updated, durability)
-        assert encoded is not None
-        return Minted(WriteStatus.OK, updated, stamp, encoded=encoded)
 
     async def merge(self, keyspace: str, resolution: Resolution, key: bytes, encoded: bytes, durability: str) -> bool:
         """Merge a clock from another replica; True if the local state changed."""
