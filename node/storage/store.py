@@ -177,23 +177,15 @@ class WalStore:
         self._check_open()
         check_key(key, self.limits)
         check_record(value, content_type, meta, self.limits)
-        op = Put(key, value, content_type, meta)
-        self._check_transaction_bytes(op)
-        durability = _as_durability(durability)
-        txn = self._new_txn_id()
-        if not self.locks.try_lock_key_exclusive(txn, key):
-            await self._wait_for_key_lock(txn, key)
+        op, durability = Put(key, value, content_type, meta), _as_durability(durability)
+        txn = await self._lock_for_write(op)
         return await self._log_and_apply(txn, op, durability)
 
     async def delete(self, key: bytes, durability: Durability = Durability.FSYNC) -> bool:
         self._check_open()
         check_key(key, self.limits)
-        op = Delete(key)
-        self._check_transaction_bytes(op)
-        durability = _as_durability(durability)
-        txn = self._new_txn_id()
-        if not self.locks.try_lock_key_exclusive(txn, key):
-            await self._wait_for_key_lock(txn, key)
+        op, durability = Delete(key), _as_durability(durability)
+        txn = await self._lock_for_write(op)
         # Under the key's exclusive lock the memtable holds its latest committed value: every
         # other writer of the key released the lock only after applying its record.
         if self.memtable.get(key) is None:
@@ -202,11 +194,14 @@ class WalStore:
         await self._log_and_apply(txn, op, durability)
         return True
 
-    def _check_transaction_bytes(self, op: WriteOp) -> None:
-        if self._any_write_fits:
-            return
-        if op.size_bytes > self.limits.transaction_bytes_max:
+    async def _lock_for_write(self, op: WriteOp) -> int:
+        """A new autocommit transaction holding `op.key`'s exclusive lock; returns its id."""
+        if not self._any_write_fits and op.size_bytes > self.limits.transaction_bytes_max:
             raise LimitExceeded("transaction", op.size_bytes, self.limits.transaction_bytes_max)
+        txn = self._new_txn_id()
+        if not self.locks.try_lock_key_exclusive(txn, op.key):
+            await self._wait_for_key_lock(txn, op.key)
+        return txn
 
     async def _wait_for_key_lock(self, txn: int, key: bytes) -> None:
         try:
