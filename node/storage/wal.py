@@ -240,7 +240,7 @@ class WalWriter:
 
     async def _shut_down(self) -> None:
         """Close the segment file on the writer thread, then end the thread."""
-        if self._thread.ident is None or not self._stop_thread.alive or not self._thread.is_alive():
+        if not self._stop_thread.alive or not self._thread.is_alive():
             # Never started, or a failed start() already stopped it: no job would ever run.
             self._stop_thread()
             return
