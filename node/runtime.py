@@ -434,7 +434,13 @@ class NodeRuntime:
     def status(self) -> dict[str, object]:
         ownership = self.ring.ownership()
         return {
-            "node": {"id": self.node_id, "ready": self._ready, "rounds_in_flight": len(self._pending)},
+            "node": {
+                "id": self.node_id,
+                "ready": self._ready,
+                "rounds_in_flight": len(self._pending),
+                # "uvloop" or "asyncio" (node/server.py's --event-loop)
+                "event_loop": type(self._running_loop()).__module__.partition(".")[0],
+            },
             "ring": {
                 "nodes": sorted(self.ring.nodes),
                 "vnodes_per_node": self.ring.vnodes_per_node,

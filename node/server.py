@@ -6,14 +6,17 @@ to users) and the peer endpoint (cluster traffic only; it requires the cluster s
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from cluster.hlc import HybridClock
+from cluster.limits import PROCESS_DEFAULTS
 from cluster.messages import GossipAck, GossipSyn, Message
 from cluster.replica import Replica
 from cluster.tombstones import RepairSettings
@@ -116,6 +119,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", required=True, help="where the store keeps its files")
     parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default=PROCESS_DEFAULTS.event_loop,
+        help="uvloop (when installed; the default) or the standard library's asyncio loop",
+    )
+    parser.add_argument(
         "--cluster-secret-file", default="", help=f"file holding the cluster secret (else env {SECRET_ENV})"
     )
     parser.add_argument(
@@ -126,6 +135,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def serve(config: NodeConfig) -> None:
     store = await WalStore.open(config.data_dir, StoreConfig(repair_wal=config.repair_wal))
+    # What recovery built (the memtable, the modules) lives as long as the process: keep the
+    # cyclic collector from scanning it again and again (CPython's gc.freeze, made for this).
+    gc.freeze()
     replica = Replica(config.node_id, store, HybridClock(config.node_id))
     runtime: NodeRuntime | None = None
     members: MembershipDriver | None = None
@@ -183,5 +195,30 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"titra-node: {exc}")
         return 2
-    asyncio.run(serve(config))
+    tune_gc()
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(serve(config))
     return 0
+
+
+def tune_gc() -> None:
+    """Collect the young generation less often than CPython's default (limits.py says why)."""
+    gc.set_threshold(
+        PROCESS_DEFAULTS.gc_young_allocations_count,
+        PROCESS_DEFAULTS.gc_middle_per_young_count,
+        PROCESS_DEFAULTS.gc_old_per_middle_count,
+    )
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `name` asks for; None is asyncio's own. uvloop falls back to it, with a
+    warning, where it is not installed (it is a dependency, but not built for every platform)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed: running on asyncio's own event loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -32,6 +32,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgpack
 
@@ -370,10 +371,9 @@ class _Outbound(asyncio.Protocol):
             self._transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = _stream(transport)
         _keep_alive(transport, self._defaults)
-        transport.write(self._request)
+        self._transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
@@ -443,8 +443,7 @@ class _Inbound(asyncio.Protocol):
             self._transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = _stream(transport)
         self._owner._inbound.add(self)
         _keep_alive(transport, self._defaults)
         loop = asyncio.get_running_loop()
@@ -516,6 +515,15 @@ class _Inbound(asyncio.Protocol):
         if frames_read.oversized_length is not None:
             self._owner._frame_too_large(peer, frames_read.oversized_length)
             self.transport.abort()
+
+
+def _stream(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A TCP connection's transport, which reads and writes. Checked by its methods, not by
+    isinstance: uvloop's transports (node/server.py runs nodes on uvloop) implement the
+    interface without deriving from asyncio.Transport."""
+    if not (hasattr(transport, "write") and hasattr(transport, "pause_reading")):
+        raise TypeError(f"the peer transport needs a stream transport, not {type(transport).__name__}")
+    return cast(asyncio.Transport, transport)
 
 
 def _keep_alive(transport: asyncio.BaseTransport, defaults: PeerDefaults) -> None:

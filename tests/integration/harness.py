@@ -63,6 +63,8 @@ class LocalCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     # Extra environment for every node, e.g. {"TITRA_AE_INTERVAL_MS": "100"} (node/anti_entropy.py).
     env: dict[str, str] = field(default_factory=dict)
+    # Extra `titra-node serve` arguments per node id, e.g. {"n3": ["--event-loop", "asyncio"]}.
+    node_args: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for i in range(1, self.nodes_count + 1):
@@ -97,6 +99,7 @@ class LocalCluster:
                 self._peers(),
                 "--data-dir",
                 str(node.data_dir),
+                *self.node_args.get(node.node_id, []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
