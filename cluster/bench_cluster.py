@@ -11,6 +11,9 @@ same fixed key space written once before the load, and the same 256-byte values:
   from its own state) as the analogue of `one`, linearizable (etcd's default) for the others.
 
 Data points run one at a time, alternating systems, so the two never compete for the CPU.
+With --rounds N the whole set runs N times; each point then shows each system's middle round by
+rate and the range of the rounds' ratios, since a shared machine moves both systems' rates
+between runs.
 `causal` requests carry no Titra-Context (wrk keeps no per-connection session): they measure the
 level's cost with an empty context. Both clusters are always stopped at the end, even on ^C or
 SIGTERM, unless --keep.
@@ -101,6 +104,12 @@ def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     parser.add_argument(
         "--levels", type=_levels, default=list(LEVELS), help=f"Titra levels (default {','.join(LEVELS)})"
     )
+    parser.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=d.rounds_default,
+        help=f"repeat every data point this many times, alternating systems each time (default {d.rounds_default})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", action="store_true", help="leave both clusters running and their data, to debug")
     parser.add_argument(
@@ -113,6 +122,13 @@ def _duration_s(text: str) -> int:
     value = int(text)  # wrk takes whole seconds
     if not 1 <= value <= BENCH_DEFAULTS.duration_s_max:
         raise argparse.ArgumentTypeError(f"must be 1..{BENCH_DEFAULTS.duration_s_max}")
+    return value
+
+
+def _rounds(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= BENCH_DEFAULTS.rounds_max:
+        raise argparse.ArgumentTypeError(f"must be 1..{BENCH_DEFAULTS.rounds_max}")
     return value
 
 
@@ -309,6 +325,17 @@ async def _preload(state: Run) -> None:
 
 
 def _measure_all(state: Run) -> None:
+    rounds: list[list[Point]] = []
+    for number in range(1, state.args.rounds + 1):
+        if state.args.rounds > 1:
+            _progress(f"round {number} of {state.args.rounds}")
+        state.points = []
+        _measure_round(state)
+        rounds.append(state.points)
+    state.points = bench_report.combine_rounds(rounds)
+
+
+def _measure_round(state: Run) -> None:
     levels = state.args.levels
     etcd_keys = [f"{KEYSPACE}/{key}" for key in state.keys]
     for clients in state.args.clients:
@@ -376,6 +403,7 @@ def _environment(state: Run, etcd: bench_etcd.EtcdCluster) -> dict[str, object]:
         "value_bytes": BENCH_DEFAULTS.value_bytes,
         "key_space": len(state.keys),
         "duration_s_per_point": state.args.duration_s,
+        "rounds": state.args.rounds,
         "load_spread": bench_wrk.LOAD_SPREAD,
         "etcd_leader": leader,
         "etcd_note": "HTTP/JSON through etcd's gRPC gateway (/v3/kv/put, /v3/kv/range); with 1 client all requests go "

@@ -37,11 +37,13 @@ class Point:
     titra: Measured
     etcd: Measured
     etcd_op: str  # the etcd request it is compared with
+    # With --rounds above 1: each round's ratio, in order (`titra` and `etcd` are the middle rounds).
+    round_ratios: tuple[float | None, ...] = ()
 
     @property
     def ratio(self) -> float | None:
         """Titra's throughput over etcd's."""
-        return round(self.titra.rps / self.etcd.rps, 2) if self.etcd.rps > 0 else None
+        return _ratio(self.titra, self.etcd)
 
     @property
     def flags(self) -> list[str]:
@@ -65,8 +67,42 @@ class Point:
             "etcd": asdict(self.etcd),
             "etcd_op": self.etcd_op,
             "ratio": self.ratio,
+            "round_ratios": list(self.round_ratios),
             "flags": self.flags,
         }
+
+
+def _ratio(titra: Measured, etcd: Measured) -> float | None:
+    return round(titra.rps / etcd.rps, 2) if etcd.rps > 0 else None
+
+
+def combine_rounds(rounds: Sequence[Sequence[Point]]) -> list[Point]:
+    """One point per (op, level, clients) out of several rounds of the same points: each system's
+    middle measurement by rate (the lower middle for an even count), and every round's ratio.
+    A single round is returned as it is."""
+    if len(rounds) == 1:
+        return list(rounds[0])
+    combined = []
+    for same in zip(*rounds, strict=True):
+        first = same[0]
+        assert all((p.op, p.level, p.clients) == (first.op, first.level, first.clients) for p in same)
+        combined.append(
+            Point(
+                first.op,
+                first.level,
+                first.clients,
+                _middle([p.titra for p in same]),
+                _middle([p.etcd for p in same]),
+                first.etcd_op,
+                tuple(p.ratio for p in same),
+            )
+        )
+    return combined
+
+
+def _middle(measurements: Sequence[Measured]) -> Measured:
+    ordered = sorted(measurements, key=lambda m: m.rps)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def measured(report: WrkReport, cpu_s: float | None, elapsed_s: float) -> Measured:
@@ -138,7 +174,7 @@ def render(points: Sequence[Point], env: dict[str, object]) -> str:
     for p in points:
         lines.append(
             f"{p.op:<5} {p.level:<6} {p.clients:>7} | {_cells(p.titra, 9)} | {p.etcd_op:<18} {_cells(p.etcd, 8)} | "
-            f"{p.ratio if p.ratio is not None else '-'}{'  !' if p.flags else ''}"
+            f"{p.ratio if p.ratio is not None else '-'}{_spread(p.round_ratios)}{'  !' if p.flags else ''}"
         )
     flagged = [f"  {p.op} {p.level} {p.clients}: {flag}" for p in points for flag in p.flags]
     if flagged:
@@ -148,7 +184,17 @@ def render(points: Sequence[Point], env: dict[str, object]) -> str:
         "ratio = titra rps / etcd rps; cpu ms = the servers' CPU per request; "
         "reads at one are compared with etcd's serializable range, the other levels with its linearizable range",
     ]
+    if any(p.round_ratios for p in points):
+        lines.append(
+            "with several rounds: each system's middle round by rate, and in brackets the lowest and highest "
+            "ratio of the rounds"
+        )
     return "\n".join(lines)
+
+
+def _spread(ratios: Sequence[float | None]) -> str:
+    known = [r for r in ratios if r is not None]
+    return f" [{min(known)}-{max(known)}]" if len(known) > 1 else ""
 
 
 def _cells(measured: Measured, width: int) -> str:

@@ -254,6 +254,11 @@ class BenchDefaults:
 
     duration_s_default: int = 10
     duration_s_max: int = 600
+    # Rounds of the whole set of data points; each point reports the middle round (by rate) of each
+    # system and every round's ratio. More than one round tames the run-to-run spread of a shared
+    # machine (etcd's put rate has moved by ±15% between runs here).
+    rounds_default: int = 1
+    rounds_max: int = 10
     # Connections (clients) of one data point, across all nodes of a cluster.
     clients_max: int = 1_024
     value_bytes: int = 256
@@ -279,6 +284,7 @@ class BenchDefaults:
 BENCH_DEFAULTS = BenchDefaults()
 
 assert 0 < BENCH_DEFAULTS.duration_s_default <= BENCH_DEFAULTS.duration_s_max
+assert 0 < BENCH_DEFAULTS.rounds_default <= BENCH_DEFAULTS.rounds_max
 assert 0 < BENCH_DEFAULTS.value_bytes <= REQUEST_DEFAULTS.value_bytes_max
 assert 0 < BENCH_DEFAULTS.key_space_count <= 30_000, "two Lua string constants per key must fit in 65,536"
 assert BENCH_DEFAULTS.wrk_timeout_ms > REQUEST_DEFAULTS.request_timeout_ms_default, (

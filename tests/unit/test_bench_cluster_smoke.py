@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cluster import bench_wrk
+from cluster import bench_report, bench_wrk
 from cluster.bench_cluster import missing_tools_note
 from cluster.cli import main
 
@@ -56,7 +56,7 @@ def assert_measured(name: str, measured: dict[str, Any]) -> None:
 
 @pytest.mark.skipif(bool(MISSING), reason=missing_tools_note(MISSING))
 def test_bench_cluster_json_compares_both_systems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "cluster", "--json", "--duration-s", "1", "--clients", "1", "--levels", "quorum"]
+    argv = ["bench", "cluster", "--json", "--duration-s", "1", "--clients", "1", "--levels", "quorum", "--rounds", "2"]
 
     code = main([*argv, "--data-dir", str(tmp_path)])
 
@@ -72,9 +72,11 @@ def test_bench_cluster_json_compares_both_systems(tmp_path: Path, capsys: pytest
         assert_measured("titra", point["titra"])
         assert_measured("etcd", point["etcd"])
         assert point["ratio"] > 0
+        assert len(point["round_ratios"]) == 2 and all(r > 0 for r in point["round_ratios"])
         assert point["flags"] == []
     environment = report["environment"]
     assert environment["etcd"].startswith("3.")
+    assert environment["rounds"] == 2
     assert environment["data_dir"].startswith(str(tmp_path))
     assert list(tmp_path.iterdir()) == [], "the bench must stop both clusters and remove their data"
 
@@ -116,3 +118,60 @@ def test_lua_strings_are_escaped() -> None:
 
     assert '"{\\"k\\":\\"\\\\x\\"}\\10"' in script
     assert '["Content-Type"] = "a/b"' in script
+
+
+def _measured(rps: float) -> bench_report.Measured:
+    return bench_report.Measured(rps, 1.0, 2.0, 0, int(rps * 10), 0, 0, 0.5, 1.0)
+
+
+def _point(titra_rps: float, etcd_rps: float) -> bench_report.Point:
+    return bench_report.Point("write", "quorum", 32, _measured(titra_rps), _measured(etcd_rps), "put")
+
+
+def test_rounds_combine_into_each_systems_middle_round_and_every_ratio() -> None:
+    rounds = [[_point(300.0, 400.0)], [_point(100.0, 500.0)], [_point(200.0, 450.0)]]
+
+    [point] = bench_report.combine_rounds(rounds)
+
+    assert (point.titra.rps, point.etcd.rps) == (200.0, 450.0), "the middle round of each system, by rate"
+    assert point.ratio == 0.44
+    assert point.round_ratios == (0.75, 0.2, 0.44)
+    assert point.to_json()["round_ratios"] == [0.75, 0.2, 0.44]
+
+
+def test_an_even_number_of_rounds_takes_the_lower_middle() -> None:
+    [point] = bench_report.combine_rounds([[_point(100.0, 100.0)], [_point(300.0, 300.0)]])
+
+    assert (point.titra.rps, point.etcd.rps) == (100.0, 100.0)
+
+
+def test_one_round_is_reported_as_measured() -> None:
+    only = [_point(300.0, 400.0)]
+
+    assert bench_report.combine_rounds([only]) == only
+    assert only[0].to_json()["round_ratios"] == []
+
+
+def test_the_table_shows_the_range_of_the_rounds_ratios() -> None:
+    environment: dict[str, object] = {
+        key: "-"
+        for key in (
+            "titra", "etcd", "value_bytes", "key_space", "duration_s_per_point", "wrk", "data_dir",
+            "filesystem", "cpus", "loadavg_start", "loadavg_end", "etcd_leader", "load_spread",
+        )
+    }  # fmt: skip
+    combined = bench_report.combine_rounds([[_point(300.0, 400.0)], [_point(100.0, 500.0)], [_point(200.0, 450.0)]])
+
+    table = bench_report.render(combined, environment)
+
+    assert "| 0.44 [0.2-0.75]" in table
+    assert "lowest and highest ratio of the rounds" in table
+    assert "[" not in bench_report.render([_point(300.0, 400.0)], environment).split("\n")[5]
+
+
+@pytest.mark.parametrize("rounds", ["0", "11", "two"])
+def test_rounds_out_of_range_are_a_usage_error(rounds: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "cluster", "--rounds", rounds])
+    assert exit_info.value.code == 2
+    assert "--rounds" in capsys.readouterr().err
