@@ -131,19 +131,21 @@ class NodeRuntime:
         # a stale reply meant for its previous incarnation's round of the same number.
         self._next_round = replica.wall() * 1000 + 1
         self._tasks: set[asyncio.Task[None]] = set()
+        # Runs only while rounds are in flight: an idle node does not wake every TICK_MS.
         self._ticker: asyncio.Task[None] | None = None
+        self._closed = False
         self._ready = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._ticker = asyncio.create_task(self._tick_loop(), name="titra-rounds-ticker")
         await self.hints.start()  # repair
         await self.anti_entropy.start()  # repair
         self._ready = True
 
     async def close(self) -> None:
         self._ready = False
+        self._closed = True
         await self.anti_entropy.close()  # repair
         await self.hints.close()  # repair
         for task in [self._ticker, *self._tasks]:
@@ -460,6 +462,7 @@ class NodeRuntime:
     async def _run(self, round_: WriteRound | ReadRound | ListRound, effects: list[Effect]) -> Finish:
         future: asyncio.Future[Finish | WriteOutcome] = self._running_loop().create_future()
         self._pending[round_.round_id] = _Pending(round_, future)
+        self._keep_ticking()
         self._apply(round_.round_id, effects)
         # Not shielded: a cancelled caller cancels only this future; the round goes on, and
         # _apply never sets a result on a future that is done.
@@ -484,8 +487,15 @@ class NodeRuntime:
     async def _keep_hints(self, unacked: Unacked) -> None:
         await self.hints.keep(unacked.replicas, unacked.keyspace, unacked.key, unacked.clock, "async")
 
+    def _keep_ticking(self) -> None:
+        """Start the ticker if it is not running; it stops by itself once no round is left."""
+        if not self._closed and (self._ticker is None or self._ticker.done()):
+            self._ticker = self._running_loop().create_task(self._tick_loop(), name="titra-rounds-ticker")
+
     async def _tick_loop(self) -> None:
-        while True:
+        # No await between the emptiness check and the return: a round registered later always
+        # finds this task done and starts a new one.
+        while any(pending.round is not None for pending in self._pending.values()):
             await asyncio.sleep(TICK_MS / 1000)
             now = self._now_ms()
             for rid, pending in list(self._pending.items()):

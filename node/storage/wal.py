@@ -109,6 +109,9 @@ class WalWriter:
         self._pending_sync = False  # a commit in `_pending` asked for fsync
         self._in_flight = False  # a batch is with the writer thread
         self._kick_scheduled = False
+        # A batch without fsync went to the writer since the last sync: only then has the syncer
+        # anything to do, so an idle or fsync-only log never wakes the writer thread for it.
+        self._async_handed = False
         self._drained = asyncio.Event()
         self._loop = asyncio.get_event_loop()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -261,6 +264,8 @@ class WalWriter:
             return
         batch, self._pending = self._pending, []
         sync, self._pending_sync = self._pending_sync, False
+        if not sync:
+            self._async_handed = True
         data = b"".join([p.frame for p in batch])
         self._in_flight = True
         self._jobs.put(functools.partial(self._write_batch, batch, data, sync))
@@ -276,6 +281,8 @@ class WalWriter:
             stats.bytes_written += size
             if sync:
                 stats.fsyncs += 1
+                # Batches go one at a time, so this fsync covered every batch before it.
+                self._async_handed = False
             self.bytes_since_checkpoint += size
             for p in batch:
                 if p.on_written is not None:
@@ -291,6 +298,9 @@ class WalWriter:
         """Bound the loss window of `async` commits by syncing at least every interval."""
         while not self._closed and self._failed is None:
             await asyncio.sleep(self._flush_interval_s)
+            if not self._async_handed:
+                continue
+            self._async_handed = False  # a batch handed from here on sets it again
             try:
                 if await self._in_writer(self._sync_if_unsynced):
                     self.stats.fsyncs += 1

@@ -254,3 +254,23 @@ async def test_unknown_keyspace_and_r_above_n(cluster: FakeNetwork) -> None:
     assert out.status == "no_keyspace"
     got = await cluster.runtimes["n1"].get(ReadRequest("default", b"k", Level.ONE.value, 4, 1_000, ()))
     assert got.status == "invalid"
+
+
+def rounds_tickers() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "titra-rounds-ticker" and not t.done()]
+
+
+async def test_the_rounds_ticker_runs_only_while_rounds_are_in_flight(cluster: FakeNetwork) -> None:
+    assert rounds_tickers() == [], "an idle node must not wake every tick"
+    out = await cluster.runtimes["n1"].put(write(b"k", b"v", level="all"))
+    assert out.status == "ok"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while rounds_tickers():  # the round settles, then its ticker ends with it
+        assert loop.time() < deadline, "the ticker outlived every round"
+        await asyncio.sleep(0.005)  # the poll interval, not a wait for state
+    # A round that needs its deadline still gets ticks: the write times out, it does not hang.
+    for node in ("n2", "n3"):
+        cluster.runtimes[node].on_message = lambda sender, msg: None  # type: ignore[method-assign]
+    late = await cluster.runtimes["n1"].put(write(b"k2", b"v", timeout_ms=50))
+    assert late.status == "timeout"

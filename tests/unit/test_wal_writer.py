@@ -108,6 +108,53 @@ async def test_close_syncs_async_commits() -> None:
     assert segment_bytes(disk, 1) == 5 * (HEADER_BYTES + 2)
 
 
+async def test_the_syncer_wakes_the_writer_only_when_async_commits_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = SimDisk()
+    disk.makedirs(WAL_DIR)
+    wal = WalWriter(disk, WAL_DIR, [], 1, 1 << 20, 5)  # a 5 ms background sync interval
+    await wal.start()
+    loop = asyncio.get_running_loop()
+    hand_offs: list[Callable[..., Any]] = []
+    original_reply = loop.call_soon_threadsafe
+
+    def counting_reply(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
+        hand_offs.append(callback)
+        return original_reply(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting_reply)
+    wake_ups = 0
+    original_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *args: Any) -> Any:
+        nonlocal wake_ups
+        if delay == 0.005:
+            wake_ups += 1
+        return await original_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = loop.time() + GATE_TIMEOUT_S
+        while not condition():
+            assert loop.time() < deadline, f"timed out waiting until {what}"
+            await original_sleep(0.001)  # the poll interval, not a wait for state
+
+    await until(lambda: wake_ups >= 5, "the syncer woke five times")
+    assert hand_offs == [] and wal.stats.fsyncs == 0, "an idle log's syncer must not wake the writer thread"
+
+    await wal.append(COMMIT, b"durable", Durability.FSYNC)
+    settled, seen = len(hand_offs), wake_ups
+    await until(lambda: wake_ups >= seen + 5, "five more wake-ups after an fsync commit")
+    assert len(hand_offs) == settled, "an fsync commit leaves the syncer nothing to do"
+
+    fsyncs = wal.stats.fsyncs
+    await wal.append(COMMIT, b"later", Durability.ASYNC)
+    await until(lambda: wal.stats.fsyncs == fsyncs + 1, "the syncer synced the async commit")
+    disk.crash()
+    assert segment_bytes(disk, 1) == 2 * HEADER_BYTES + len(b"durable") + len(b"later")
+    await wal.close()
+
+
 # --- order -----------------------------------------------------------------------------------
 
 
