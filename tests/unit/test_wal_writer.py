@@ -41,6 +41,20 @@ async def open_writer(disk: SimDisk, segment_bytes_max: int = 1 << 20) -> WalWri
     return wal
 
 
+def count_thread_wake_ups(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., Any]]:
+    """The callbacks the writer thread hands to the running loop (one per job), as they come."""
+    loop = asyncio.get_running_loop()
+    calls: list[Callable[..., Any]] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
+        calls.append(callback)
+        return original(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    return calls
+
+
 async def wait_until_sync_reached(disk: GatedDisk) -> None:
     """The writer thread is inside an fsync held at the gate."""
     reached = await asyncio.to_thread(disk.sync_reached.wait, GATE_TIMEOUT_S)
@@ -114,14 +128,7 @@ async def test_the_syncer_wakes_the_writer_only_when_async_commits_wait_for_it(m
     wal = WalWriter(disk, WAL_DIR, [], 1, 1 << 20, 5)  # a 5 ms background sync interval
     await wal.start()
     loop = asyncio.get_running_loop()
-    hand_offs: list[Callable[..., Any]] = []
-    original_reply = loop.call_soon_threadsafe
-
-    def counting_reply(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
-        hand_offs.append(callback)
-        return original_reply(callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_soon_threadsafe", counting_reply)
+    hand_offs = count_thread_wake_ups(monkeypatch)
     wake_ups = 0
     original_sleep = asyncio.sleep
 
@@ -206,15 +213,7 @@ async def test_on_written_runs_in_lsn_order_across_batches_before_acknowledgemen
 async def test_one_wake_up_of_the_event_loop_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     disk = SimDisk()
     wal = await open_writer(disk)
-    loop = asyncio.get_running_loop()
-    calls: list[Callable[..., Any]] = []
-    original = loop.call_soon_threadsafe
-
-    def counting(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
-        calls.append(callback)
-        return original(callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    calls = count_thread_wake_ups(monkeypatch)
     batches_before = wal.stats.batches
     await asyncio.gather(*(wal.append(COMMIT, b"r", Durability.FSYNC) for _ in range(3)))
     await asyncio.gather(*(wal.append(COMMIT, b"r", Durability.ASYNC) for _ in range(3)))
