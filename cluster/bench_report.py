@@ -37,8 +37,10 @@ class Point:
     titra: Measured
     etcd: Measured
     etcd_op: str  # the etcd request it is compared with
-    # With --rounds above 1: each round's ratio, in order (`titra` and `etcd` are the middle rounds).
+    # With --rounds above 1: each round's ratio, in order (`titra` and `etcd` are the middle rounds),
+    # and the warnings of every round, since a round with errors may not be the one shown.
     round_ratios: tuple[float | None, ...] = ()
+    round_flags: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float | None:
@@ -56,7 +58,8 @@ class Point:
                 )
             if measured.requests == 0:
                 found.append(f"{name}: no request completed")
-        return found
+        # Combined rounds carry every round's warnings, the shown ones among them.
+        return list(self.round_flags) if self.round_flags else found
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -95,6 +98,7 @@ def combine_rounds(rounds: Sequence[Sequence[Point]]) -> list[Point]:
                 _middle([p.etcd for p in same]),
                 first.etcd_op,
                 tuple(p.ratio for p in same),
+                tuple(f"round {n}: {flag}" for n, p in enumerate(same, start=1) for flag in p.flags),
             )
         )
     return combined

@@ -145,9 +145,10 @@ class NodeRuntime:
 
     async def close(self) -> None:
         self._ready = False
-        self._closed = True
         await self.anti_entropy.close()  # repair
         await self.hints.close()  # repair
+        # Only now: rounds that start while the drivers above close still get their ticks.
+        self._closed = True
         for task in [self._ticker, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -500,7 +501,10 @@ class NodeRuntime:
             now = self._now_ms()
             for rid, pending in list(self._pending.items()):
                 if pending.round is not None:
-                    self._apply(rid, pending.round.on_tick(now))
+                    try:
+                        self._apply(rid, pending.round.on_tick(now))
+                    except Exception:  # a bug in one round must not stop the others' deadlines
+                        log.exception("round %d failed on a tick", rid)
 
     # --- messages from peers -------------------------------------------------------------------
 

@@ -136,7 +136,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve(config: NodeConfig) -> None:
     store = await WalStore.open(config.data_dir, StoreConfig(repair_wal=config.repair_wal))
     # What recovery built (the memtable, the modules) lives as long as the process: keep the
-    # cyclic collector from scanning it again and again (CPython's gc.freeze, made for this).
+    # cyclic collector from scanning it again and again (CPython's gc.freeze, made for this),
+    # after a collection, so no garbage of the recovery is frozen with it.
+    gc.collect()
     gc.freeze()
     replica = Replica(config.node_id, store, HybridClock(config.node_id))
     runtime: NodeRuntime | None = None

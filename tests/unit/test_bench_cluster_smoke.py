@@ -175,3 +175,18 @@ def test_rounds_out_of_range_are_a_usage_error(rounds: str, capsys: pytest.Captu
         main(["bench", "cluster", "--rounds", rounds])
     assert exit_info.value.code == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_a_round_with_errors_flags_the_point_even_when_another_round_is_shown() -> None:
+    failing = bench_report.Measured(900.0, 1.0, 2.0, 5_000, 9_000, 5_000, 0, 0.1, 1.0)
+    rounds = [
+        [_point(100.0, 400.0)],
+        [bench_report.Point("write", "quorum", 32, failing, _measured(400.0), "put")],
+        [_point(200.0, 400.0)],
+    ]
+
+    [point] = bench_report.combine_rounds(rounds)
+
+    assert point.titra.errors == 0, "the middle round by rate is a clean one"
+    assert point.flags == ["round 2: titra: 5000 errors (5000 non-2xx/3xx, 0 socket)"]
+    assert point.to_json()["flags"] == point.flags

@@ -25,6 +25,7 @@ from cluster.requests import (
     WriteOutcome,
     WriteRequest,
 )
+from cluster.rounds import ReadRound
 from node.runtime import NodeRuntime
 
 NODES = ["n1", "n2", "n3"]
@@ -274,3 +275,23 @@ async def test_the_rounds_ticker_runs_only_while_rounds_are_in_flight(cluster: F
         cluster.runtimes[node].on_message = lambda sender, msg: None  # type: ignore[method-assign]
     late = await cluster.runtimes["n1"].put(write(b"k2", b"v", timeout_ms=50))
     assert late.status == "timeout"
+
+
+async def test_a_round_that_fails_on_a_tick_does_not_stop_the_others_deadlines(
+    cluster: FakeNetwork, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: ReadRound, now_ms: int) -> list[object]:
+        raise RuntimeError("a bug in one round")
+
+    for node in ("n2", "n3"):
+        cluster.runtimes[node].on_message = lambda sender, msg: None  # type: ignore[method-assign]
+    monkeypatch.setattr(ReadRound, "on_tick", broken)
+    reading = asyncio.ensure_future(cluster.runtimes["n1"].get(read(b"k", timeout_ms=50)))
+    try:
+        # Bounded: without the fix the write's deadline never comes and the put never returns.
+        late = await asyncio.wait_for(cluster.runtimes["n1"].put(write(b"k2", b"v", timeout_ms=50)), 5)
+        assert late.status == "timeout", "the write's deadline still came, though the read's round raises"
+        assert "failed on a tick" in caplog.text
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
