@@ -3,7 +3,8 @@
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import uvloop
@@ -17,11 +18,22 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
-async def _options_of_a_peer_connection() -> dict[str, int]:
+@asynccontextmanager
+async def a_connection() -> AsyncIterator[asyncio.BaseTransport]:
+    """A TCP connection to a listener of this test, on the running loop."""
     server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     transport, _ = await asyncio.get_running_loop().create_connection(asyncio.Protocol, "127.0.0.1", port)
     try:
+        yield transport
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _options_of_a_peer_connection() -> dict[str, int]:
+    async with a_connection() as transport:
         _keep_alive(transport, PEER_DEFAULTS)
         sock = transport.get_extra_info("socket")
         return {
@@ -30,10 +42,6 @@ async def _options_of_a_peer_connection() -> dict[str, int]:
             "unacked_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
             "nodelay": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
         }
-    finally:
-        transport.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
@@ -51,15 +59,8 @@ def test_keepalive_and_user_timeout_are_set_on_either_loop(loop_name: str) -> No
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_both_loops_transports_pass_as_stream_transports(loop_name: str) -> None:
     async def check() -> None:
-        server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        transport, _ = await asyncio.get_running_loop().create_connection(asyncio.Protocol, "127.0.0.1", port)
-        try:
+        async with a_connection() as transport:
             assert _stream(transport) is transport
-        finally:
-            transport.close()
-            server.close()
-            await server.wait_closed()
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         runner.run(check())

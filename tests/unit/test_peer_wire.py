@@ -2,9 +2,11 @@
 bytes arrive, an oversized length breaks the stream, and the upgrade handshake admits exactly the
 heads it should, refusing the rest with the HTTP answer a `curl` would read (h11-style tests)."""
 
+import functools
 import json
 
 import pytest
+from peer_heads import upgrade_head
 
 from node.peer_wire import (
     LENGTH_BYTES,
@@ -41,26 +43,8 @@ def admission(*, admit_unknown_peers: bool = False, members_max: int = 8) -> Adm
     )
 
 
-def request_head(
-    *,
-    method: str = "GET",
-    path: str = PEER_PATH,
-    version: str = "HTTP/1.1",
-    secret: bytes | None = SECRET,
-    node_id: str | None = "a",
-    upgrade: str | None = PEER_PROTOCOL,
-    extra: tuple[str, ...] = (),
-) -> bytes:
-    """An upgrade request as a peer writes it; None leaves a header out."""
-    lines = [f"{method} {path} {version}", "Host: 127.0.0.1:7170"]
-    if upgrade is not None:
-        lines += ["Connection: Upgrade", f"Upgrade: {upgrade}"]
-    if secret is not None:
-        lines.append(f"Authorization: Bearer {secret.decode()}")
-    if node_id is not None:
-        lines.append(f"{NODE_ID_HEADER}: {node_id}")
-    lines += extra
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+# A well-formed request from peer "a" unless told otherwise.
+request_head = functools.partial(upgrade_head, secret=SECRET)
 
 
 def read(

@@ -43,17 +43,18 @@ async def test_the_key_lock_is_handed_over_in_arrival_order() -> None:
     assert b"k" not in replica._key_locks  # the last release forgets the key
 
 
+async def take_and_release(replica: Replica, name: str, got: list[str]) -> None:
+    """Wait for the key's lock, note who got it, give it back."""
+    await replica._lock(b"k")
+    got.append(name)
+    replica._unlock(b"k")
+
+
 async def test_a_cancelled_waiter_neither_takes_nor_blocks_the_lock() -> None:
     replica = make_replica()
     await replica._lock(b"k")
     got: list[str] = []
-
-    async def taker(name: str) -> None:
-        await replica._lock(b"k")
-        got.append(name)
-        replica._unlock(b"k")
-
-    first, second = asyncio.create_task(taker("first")), asyncio.create_task(taker("second"))
+    first, second = (asyncio.create_task(take_and_release(replica, name, got)) for name in ("first", "second"))
     await asyncio.sleep(0)
     first.cancel()
     replica._unlock(b"k")
@@ -66,13 +67,7 @@ async def test_a_waiter_cancelled_just_as_it_is_handed_the_lock_passes_it_on() -
     replica = make_replica()
     await replica._lock(b"k")
     got: list[str] = []
-
-    async def taker(name: str) -> None:
-        await replica._lock(b"k")
-        got.append(name)
-        replica._unlock(b"k")
-
-    first, second = asyncio.create_task(taker("first")), asyncio.create_task(taker("second"))
+    first, second = (asyncio.create_task(take_and_release(replica, name, got)) for name in ("first", "second"))
     await asyncio.sleep(0)
     replica._unlock(b"k")  # hands the lock to `first`...
     first.cancel()  # ...which is cancelled before it runs

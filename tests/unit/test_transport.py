@@ -7,6 +7,7 @@ misbehaving peer speak the wire protocol by hand through `RawPeer`.
 """
 
 import asyncio
+import functools
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 import pytest
+from peer_heads import upgrade_head
 
 from cluster.limits import KIB, MIB, PEER_DEFAULTS, PeerDefaults
 from cluster.messages import Message, ReplicaMergeAck, ReplicaRead, ReplicaReadReply, encode
@@ -117,23 +119,8 @@ async def cluster() -> AsyncIterator[Cluster]:
     await c.close()
 
 
-def upgrade_request(
-    node_id: str | None = "a",
-    secret: str | None = SECRET,
-    *,
-    method: str = "GET",
-    path: str = PEER_PATH,
-    upgrade: str | None = PEER_PROTOCOL,
-) -> bytes:
-    """An upgrade request as a peer sends it; None leaves a header out."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
-    if upgrade is not None:
-        lines += ["Connection: Upgrade", f"Upgrade: {upgrade}"]
-    if secret is not None:
-        lines.append(f"Authorization: Bearer {secret}")
-    if node_id is not None:
-        lines.append(f"{NODE_ID_HEADER}: {node_id}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+# A well-formed request from peer "a" unless told otherwise.
+upgrade_request = functools.partial(upgrade_head, secret=SECRET)
 
 
 def frame(payload: bytes) -> bytes:
