@@ -147,6 +147,16 @@ class RequestDefaults:
     # A keyspace definition body ({"n": 3, "resolution": "siblings"}): a few dozen bytes in
     # practice; bounded so the JSON parser never sees a large or deeply nested document.
     keyspace_body_bytes_max: int = 4 * KIB
+    # The client port's fast path (node/http/edge.py) takes request heads up to this size
+    # (room for a maximal context token); a larger head goes to aiohttp, whose limits apply.
+    edge_head_bytes_max: int = 32 * KIB
+    # A client connection that sent nothing for this long while no request of it is being
+    # answered is closed (aiohttp's keepalive_timeout; both paths of the client port use it).
+    client_idle_timeout_s: int = 75
+    # The client port's listen backlog (aiohttp's TCPSite default), and how long a stopping node
+    # lets requests in flight finish (the longest request timeout).
+    client_backlog: int = 128
+    client_shutdown_s: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +200,11 @@ assert REQUEST_DEFAULTS.key_bytes_max + REQUEST_DEFAULTS.keyspace_name_bytes_max
 assert 0 < REQUEST_DEFAULTS.request_timeout_ms_default <= REQUEST_DEFAULTS.request_timeout_ms_max
 assert REQUEST_DEFAULTS.replicas_default <= REQUEST_DEFAULTS.replicas_max
 assert REQUEST_DEFAULTS.list_page_max <= STORE_LIMITS.scan_page_max
+assert REQUEST_DEFAULTS.edge_head_bytes_max > REQUEST_DEFAULTS.context_token_bytes_max, (
+    "a request carrying a maximal context token must fit the fast path's head"
+)
+assert REQUEST_DEFAULTS.client_idle_timeout_s > 0 and REQUEST_DEFAULTS.client_backlog > 0
+assert REQUEST_DEFAULTS.client_shutdown_s * 1000 >= REQUEST_DEFAULTS.request_timeout_ms_max
 assert PEER_DEFAULTS.frame_bytes_max >= 2 * STORE_LIMITS.value_bytes_max
 assert PEER_DEFAULTS.frame_bytes_max < 2**32, "a frame's length travels in 4 bytes"
 assert PEER_DEFAULTS.connect_timeout_ms <= PEER_DEFAULTS.handshake_timeout_ms, (

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cluster.hlc import HybridClock
-from cluster.limits import PROCESS_DEFAULTS
+from cluster.limits import PROCESS_DEFAULTS, REQUEST_DEFAULTS
 from cluster.messages import GossipAck, GossipSyn, Message
 from cluster.replica import Replica
 from cluster.tombstones import RepairSettings
 from node.anti_entropy import repair_settings_from_env
 from node.http.app import build_client_app
+from node.http.edge import ClientEdge
 from node.membership import MembershipDriver
 from node.runtime import NodeRuntime
 from node.storage import StoreConfig, WalStore
@@ -165,8 +166,13 @@ async def serve(config: NodeConfig) -> None:
     runtime = NodeRuntime(
         config.node_id, sorted(config.peers), replica, transport, config.secret.encode(), members, config.repair
     )
-    client_runner = web.AppRunner(build_client_app(runtime, repair_status=runtime.repair_status), access_log=None)
+    client_app = build_client_app(runtime, repair_status=runtime.repair_status)
+    client_runner = web.AppRunner(client_app, access_log=None, keepalive_timeout=REQUEST_DEFAULTS.client_idle_timeout_s)
     await client_runner.setup()
+    assert client_runner.server is not None
+    # The client port: the edge's fast path for plain KV writes, aiohttp for everything else.
+    edge = ClientEdge(client_app, client_runner.server)
+    client_server: asyncio.Server | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,13 +182,16 @@ async def serve(config: NodeConfig) -> None:
         await transport.start()
         await members.start()
         await runtime.start()
-        await web.TCPSite(client_runner, *config.listen).start()
+        client_server = await loop.create_server(edge, *config.listen, backlog=REQUEST_DEFAULTS.client_backlog)
         log.info(
             "node %s serving clients on %s:%d, peers on %s:%d", config.node_id, *config.listen, *config.peer_listen
         )
         await stop.wait()
     finally:
         log.info("node %s stopping", config.node_id)
+        if client_server is not None:
+            client_server.close()
+        await edge.close(REQUEST_DEFAULTS.client_shutdown_s)
         await client_runner.cleanup()
         await runtime.close()
         await members.close()

@@ -25,6 +25,7 @@ from cluster.requests import (
     ReadOutcome,
     ReadStatus,
     WriteOutcome,
+    WriteRequest,
     WriteStatus,
 )
 from cluster.siblings import Sibling
@@ -91,7 +92,7 @@ def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamRe
     return expect_handler
 
 
-class _ClientApi:
+class ClientApi:
     def __init__(self, coordinator: Coordinator, limits: RequestDefaults, metrics: HttpMetrics) -> None:
         self.coordinator = coordinator
         self.limits = limits
@@ -137,8 +138,15 @@ class _ClientApi:
 
     async def _write(self, request: web.Request, *, deleted: bool) -> web.StreamResponse:
         with self._at_the_edge():
-            write = await parse.parse_write(request, self.coordinator.secret, self.limits, deleted=deleted)
+            write = await parse.parse_write(
+                request, parse.body_of(request, self.limits), self.coordinator.secret, self.limits, deleted=deleted
+            )
         request[LEVEL_KEY] = write.level
+        return web.Response(status=204, headers=await self.coordinate_write(write))
+
+    async def coordinate_write(self, write: WriteRequest) -> dict[str, str]:
+        """The write's receipt headers once it succeeded, or an HttpError carrying them. Shared
+        by the aiohttp route and the edge's fast path (node/http/edge.py)."""
         outcome: WriteOutcome = await self.coordinator.put(write)
         status = WriteStatus(outcome.status)
         context = write.context
@@ -154,7 +162,7 @@ class _ClientApi:
             outcome.fallbacks,
         )
         if status is WriteStatus.OK:
-            return web.Response(status=204, headers=headers)
+            return headers
         code, default = _WRITE_ERRORS[status]
         extra: dict[str, object] = {}
         if status in _WRITE_FATE:
@@ -306,6 +314,10 @@ class _ClientApi:
         return web.Response(body=self.document, headers={"Content-Type": JSON})
 
 
+# The app's API object, for the edge's fast path (node/http/edge.py).
+API_KEY = web.AppKey("titra_client_api", ClientApi)
+
+
 def _siblings_response(request: web.Request, siblings: tuple[Sibling, ...], headers: Mapping[str, str]) -> web.Response:
     media = negotiate(request.headers.get("Accept"), (JSON, MULTIPART, MSGPACK))
     if media == MULTIPART:
@@ -340,12 +352,13 @@ def build_client_app(
     metrics = HttpMetrics()
     if repair_status is not None:
         metrics.watch_repair(repair_status)
-    api = _ClientApi(coordinator, limits, metrics)
+    api = ClientApi(coordinator, limits, metrics)
     # client_max_size backs up parse.read_bounded: aiohttp's own readers refuse larger bodies too.
     app = web.Application(
         client_max_size=limits.value_bytes_max, middlewares=[metrics_middleware(metrics, error_middleware)]
     )
     app[METRICS_KEY] = metrics
+    app[API_KEY] = api
     key_path = "/v1/kv/{keyspace}/{key:.*}"  # `.*`, so an empty key gets a 400 naming it, not a 404
     router = app.router
     router.add_route("PUT", key_path, api.put_key, expect_handler=_expect_within(limits.value_bytes_max))

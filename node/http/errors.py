@@ -137,10 +137,17 @@ def structured_response(
     return web.Response(status=status, body=encode_structured(body, media), headers=out)
 
 
-def error_response(request: web.Request, error: HttpError) -> web.Response:
+def error_body(error: HttpError, accept: str | None) -> tuple[str, bytes]:
+    """An error's media type and body, for the client that sent `accept`."""
+    media = negotiate(accept, (JSON, MSGPACK))
     body: dict[str, object] = {"error": {"code": error.code, "message": error.message}}
     body.update(error.extra)
-    response = structured_response(request, error.status, body, error.headers)
+    return media, encode_structured(body, media)
+
+
+def error_response(request: web.Request, error: HttpError) -> web.Response:
+    media, body = error_body(error, request.headers.get("Accept"))
+    response = web.Response(status=error.status, body=body, headers={**error.headers, "Content-Type": media})
     if error.status == 413:
         # The body was not read; closing is cheaper than keeping a connection whose next
         # request would start in the middle of an unread body.

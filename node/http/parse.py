@@ -15,8 +15,9 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 from aiohttp import web
@@ -50,6 +51,29 @@ _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*")
 _DIGITS = re.compile(r"[0-9]{1,12}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class RequestHead(Protocol):
+    """What parsing needs of a request before its body: aiohttp's `web.Request` has it, and so
+    does the client edge's own fast path (node/http/edge.py)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def raw_path(self) -> str: ...
+
+    @property
+    def query(self) -> MultiMapping[str]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+
+BodyReader = Callable[[], Awaitable[bytes]]
 
 
 def keyspace_pattern(limits: RequestDefaults) -> str:
@@ -134,7 +158,7 @@ def parse_sloppy(query: MultiMapping[str]) -> bool:
 # --- Path: keyspace names and keys, from the raw request target. ---
 
 
-def _raw_segments(request: web.Request) -> list[str]:
+def _raw_segments(request: RequestHead) -> list[str]:
     # Splitting before decoding keeps `%2F` inside a key instead of turning it into a separator.
     target = request.raw_path
     if target.startswith("/"):  # origin form, what clients send: the path ends at the query
@@ -142,9 +166,7 @@ def _raw_segments(request: web.Request) -> list[str]:
     return urlsplit(target).path.split("/")  # absolute form (RFC 9112 §3.2.2)
 
 
-def parse_keyspace_name(
-    request: web.Request, limits: RequestDefaults, segments: list[str] | None = None
-) -> str:
+def parse_keyspace_name(request: RequestHead, limits: RequestDefaults, segments: list[str] | None = None) -> str:
     """The name in `/v1/kv/{keyspace}...` or `/v1/keyspaces/{name}` (both the fourth segment)."""
     segments = _raw_segments(request) if segments is None else segments
     raw = segments[3] if len(segments) > 3 else ""
@@ -157,7 +179,7 @@ def parse_keyspace_name(
     return name
 
 
-def parse_key(request: web.Request, limits: RequestDefaults, segments: list[str] | None = None) -> bytes:
+def parse_key(request: RequestHead, limits: RequestDefaults, segments: list[str] | None = None) -> bytes:
     segments = _raw_segments(request) if segments is None else segments
     key = unquote_to_bytes("/".join(segments[4:]))
     if not key:
@@ -227,7 +249,7 @@ def parse_content_type(value: str | None, limits: RequestDefaults) -> str:
 # --- Bodies. ---
 
 
-def check_declared_length(request: web.Request, limit: int, code: str) -> None:
+def check_declared_length(request: RequestHead, limit: int, code: str) -> None:
     """413 from the Content-Length header alone, before a byte of the body is read."""
     declared = request.content_length
     if declared is not None and declared > limit:
@@ -254,7 +276,7 @@ async def read_bounded(request: web.Request, limit: int, code: str) -> bytes:
     return b"".join(chunks)
 
 
-def request_digest(request: web.Request, keyspace: str, key: bytes, content_type: str, body: bytes) -> bytes:
+def request_digest(request: RequestHead, keyspace: str, key: bytes, content_type: str, body: bytes) -> bytes:
     """What an Idempotency-Key retry must repeat: method, target, query, body, context and
     preconditions. Fields are length-prefixed so no two requests frame to the same bytes."""
     headers = request.headers
@@ -262,7 +284,7 @@ def request_digest(request: web.Request, keyspace: str, key: bytes, content_type
         request.method.encode(),
         keyspace.encode(),
         key,
-        urlencode(sorted(request.rel_url.query.items())).encode(),
+        urlencode(sorted(request.query.items())).encode(),
         content_type.encode(),
         body,
         headers.get("Titra-Context", "").encode(),
@@ -279,8 +301,16 @@ def request_digest(request: web.Request, keyspace: str, key: bytes, content_type
 # --- Whole requests. ---
 
 
-async def parse_write(request: web.Request, secret: bytes, limits: RequestDefaults, *, deleted: bool) -> WriteRequest:
-    query = request.rel_url.query
+def body_of(request: web.Request, limits: RequestDefaults) -> BodyReader:
+    """aiohttp's reader of a write's value, bounded by the value limit."""
+    return functools.partial(read_bounded, request, limits.value_bytes_max, "value_too_large")
+
+
+async def parse_write(
+    request: RequestHead, read_body: BodyReader, secret: bytes, limits: RequestDefaults, *, deleted: bool
+) -> WriteRequest:
+    """`read_body` is called last, once everything else is valid (module docstring)."""
+    query = request.query
     check_params(query, WRITE_PARAMS)
     level, w = parse_level(query), parse_count(query, "w", limits)
     timeout_ms, durability = parse_timeout(query, limits), parse_durability(query)
@@ -296,7 +326,7 @@ async def parse_write(request: web.Request, secret: bytes, limits: RequestDefaul
     if not deleted:  # a tombstone has no value; a DELETE body is ignored, not stored
         content_type = parse_content_type(headers.get("Content-Type"), limits)
         check_declared_length(request, limits.value_bytes_max, "value_too_large")
-        value = await read_bounded(request, limits.value_bytes_max, "value_too_large")
+        value = await read_body()
     if_match = None
     if if_match_context is not None:
         if_match = version_of(if_match_context, scoped_key(keyspace, key))
@@ -323,8 +353,8 @@ async def parse_write(request: web.Request, secret: bytes, limits: RequestDefaul
     )
 
 
-def parse_read(request: web.Request, secret: bytes, limits: RequestDefaults) -> ReadRequest:
-    query = request.rel_url.query
+def parse_read(request: RequestHead, secret: bytes, limits: RequestDefaults) -> ReadRequest:
+    query = request.query
     check_params(query, READ_PARAMS)
     level, r, timeout_ms = parse_level(query), parse_count(query, "r", limits), parse_timeout(query, limits)
     segments = _raw_segments(request)

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from edge_server import EdgeTestServer
 from prometheus_client.parser import text_string_to_metric_families
 from test_openapi import Recorded, conformance_problems
 
@@ -223,10 +224,14 @@ class Api:
         return reply
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
+# Every test runs against both front doors of the client port: aiohttp alone, and the edge's
+# fast path in front of it (what a node serves), which must answer exactly alike.
+@pytest.fixture(params=["aiohttp", "edge"])
+async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
     fake = FakeCoordinator()
-    async with TestClient(TestServer(build_client_app(fake))) as client:
+    app = build_client_app(fake)
+    server = EdgeTestServer(app) if request.param == "edge" else TestServer(app)
+    async with TestClient(server) as client:
         harness = Api(client, fake)
         yield harness
     problems = [problem[:300] for record in harness.records for problem in conformance_problems(record)]

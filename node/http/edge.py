@@ -1,0 +1,332 @@
+"""The client port's front: a lean HTTP/1.1 path for plain KV writes, aiohttp for the rest.
+
+Why: on the quorum-write benchmark the aiohttp request cycle (its protocol, request and response
+objects, router and middleware chain) cost about a third of the coordinator's CPU per write,
+more than the replication it answers for (docs/performance.md). Redis, etcd and Cassandra
+each parse their client protocol themselves on the hot path; this module does the same for
+the one request that dominates a write load, and nothing else.
+
+How (rules):
+- Every connection starts here. A request is taken by the fast path only when its head is in a
+  strict, boring subset of HTTP/1.1: `PUT` or `DELETE` of `/v1/kv/...` in origin form,
+  `HTTP/1.1`, ASCII only, token header names, one `Host`, at most one `Content-Length`, no
+  `Transfer-Encoding`, `Expect` or `Upgrade`, a query of plain `name=value` pairs, a declared
+  body within the value limit.
+- Anything else, including every request the shared parser (node/http/parse.py) refuses, is
+  handed, with every byte of it and after it, to aiohttp's own protocol on the same connection,
+  which then keeps the connection: aiohttp's parser, limits and error bodies answer it exactly
+  as they answer a connection that never met the fast path. So the fast path never has to
+  produce an error of its own about HTTP syntax, and nothing it accepts differs from aiohttp.
+- The write itself is the aiohttp route's own code: the same parser (`parse.parse_write`), the
+  same coordination and receipt (`ClientApi.coordinate_write`), the same error bodies
+  (`errors.error_body`) and the same metrics series.
+- One request at a time per connection: pipelined requests wait in the buffer and are answered
+  in order, and the socket stops being read while the buffer holds more than one maximal
+  request.
+"""
+
+import asyncio
+import http
+import logging
+import time
+from email.utils import formatdate
+from typing import cast
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, MultiDict
+
+from cluster.limits import RequestDefaults
+from node.http import parse
+from node.http.app import API_KEY, METRICS_KEY, ClientApi
+from node.http.errors import HttpError, error_body
+from node.http.metrics import HttpMetrics
+
+log = logging.getLogger(__name__)
+
+# The metrics label of the KV route, as aiohttp names it (tests/unit/test_http_edge.py checks).
+KEY_ROUTE_LABEL = "/v1/kv/{keyspace}/{key}"
+_METHODS = {b"PUT": False, b"DELETE": True}  # method -> deleted
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_QUERY_BYTES = frozenset(b"&=-._0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# Headers whose presence sends a request to aiohttp: framing and protocol switches it handles.
+_AIOHTTP_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "content-length"})
+_SERVER = SERVER_SOFTWARE.encode()
+
+
+class _Head:
+    """A request head the fast path accepted: what `parse.RequestHead` asks for."""
+
+    __slots__ = ("content_length", "headers", "keep_alive", "method", "query", "raw_path")
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        query: MultiDict[str],
+        headers: CIMultiDict[str],
+        content_length: int | None,
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+
+
+def _query(raw: bytes) -> MultiDict[str] | None:
+    """Plain `name=value` pairs; anything that needs decoding or guessing is aiohttp's."""
+    query: MultiDict[str] = MultiDict()
+    if not raw:
+        return query
+    if not _QUERY_BYTES.issuperset(raw):
+        return None
+    for pair in raw.split(b"&"):
+        name, sep, value = pair.partition(b"=")
+        if not name or not sep:
+            return None
+        query.add(name.decode(), value.decode())
+    return query
+
+
+def parse_head(head: bytes, value_bytes_max: int) -> tuple[_Head, bool] | None:
+    """The head (without its final CRLF CRLF) if the fast path takes it, with whether the request
+    deletes; None hands it to aiohttp."""
+    if not head.isascii():
+        return None
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _METHODS:
+        return None
+    target = parts[1]
+    if not target.startswith(b"/v1/kv/") or any(byte <= 0x20 or byte == 0x7F for byte in target):
+        return None
+    query = _query(target.partition(b"?")[2])
+    if query is None:
+        return None
+    headers: CIMultiDict[str] = CIMultiDict()
+    content_length: int | None = None
+    keep_alive = True
+    for line in lines[1:]:
+        name, sep, raw_value = line.partition(b":")
+        if not sep or not name or not _TOKEN_BYTES.issuperset(name):
+            return None  # also obs-fold: a continuation line starts with a space
+        value = raw_value.strip(b" \t")
+        if any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in value):
+            return None
+        text_name = name.decode().lower()
+        text_value = value.decode()
+        if text_name in _AIOHTTP_HEADERS:
+            if text_name != "content-length" or content_length is not None or not value.isdigit():
+                return None
+            content_length = int(value)
+            if content_length > value_bytes_max:
+                return None  # aiohttp answers the 413 without reading the body
+        elif text_name == "connection":
+            token = text_value.lower()
+            if token not in ("keep-alive", "close"):
+                return None
+            keep_alive = token == "keep-alive"
+        headers.add(text_name, text_value)
+    if len(headers.getall("host", ())) != 1:
+        return None  # RFC 9112 §3.2: exactly one Host, or aiohttp's 400
+    taken = _Head(parts[0].decode(), target.decode(), query, headers, content_length, keep_alive)
+    return taken, _METHODS[parts[0]]
+
+
+class _Clock:
+    """The Date header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+def render(status: int, headers: dict[str, str], body: bytes, date: bytes, close: bool) -> bytes:
+    """One HTTP/1.1 response, as aiohttp would frame it: no Content-Length on a 204."""
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
+    for name, value in headers.items():
+        out.append(b"%s: %s\r\n" % (name.encode(), value.encode()))
+    if status != 204:
+        out.append(b"Content-Length: %d\r\n" % len(body))
+    if close:
+        out.append(b"Connection: close\r\n")
+    out.append(b"Date: %s\r\nServer: %s\r\n\r\n" % (date, _SERVER))
+    out.append(body)
+    return b"".join(out)
+
+
+class ClientEdge:
+    """The client port's protocol factory (asyncio `create_server`)."""
+
+    def __init__(self, app: web.Application, aiohttp_server: web.Server) -> None:
+        self.api: ClientApi = app[API_KEY]
+        self.metrics: HttpMetrics = app[METRICS_KEY]
+        self.limits: RequestDefaults = self.api.limits
+        self.aiohttp_server = aiohttp_server
+        self.clock = _Clock()
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        # A connection stops reading while its unanswered bytes exceed one maximal request.
+        self.buffer_bytes_max = self.limits.edge_head_bytes_max + self.limits.value_bytes_max
+        self.fast_requests = 0
+        self.handed_off = 0
+        self._sweep_s = max(self.limits.client_idle_timeout_s / 4, 0.05)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> "_Connection":
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s, self._sweep)
+        return _Connection(self)
+
+    def _sweep(self) -> None:
+        """Close connections idle past the timeout; one timer for all, not one per request."""
+        self._sweeper = None
+        if self.closing:
+            return
+        idle_since = time.monotonic() - self.limits.client_idle_timeout_s
+        for connection in list(self.connections):
+            if connection.task is None and connection.last_received < idle_since:
+                connection.close()
+        if self.connections:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s, self._sweep)
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop taking requests; let those in flight answer for up to `timeout_s`, then close."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        busy = []
+        for connection in list(self.connections):
+            if connection.task is None:
+                connection.close()
+            else:
+                busy.append(connection.task)
+        if busy:
+            await asyncio.wait(busy, timeout=timeout_s)
+        for connection in list(self.connections):
+            connection.close()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, edge: ClientEdge) -> None:
+        self.edge = edge
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.task: asyncio.Task[None] | None = None  # the request being answered
+        self.paused = False
+        self.last_received = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.edge.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A write in flight goes on (as aiohttp lets handlers finish); its answer has nowhere to go.
+        self.edge.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.last_received = time.monotonic()
+        if self.task is None:
+            self._next()
+        elif not self.paused and len(self.buffer) > self.edge.buffer_bytes_max and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _next(self) -> None:
+        """Start answering the first request in the buffer, if it is all there."""
+        if self.edge.closing:
+            self.close()
+            return
+        if self.transport is None or not self.buffer:
+            return
+        end = self.buffer.find(b"\r\n\r\n", 0, self.edge.limits.edge_head_bytes_max)
+        if end < 0:
+            if len(self.buffer) >= self.edge.limits.edge_head_bytes_max:
+                self._hand_off()
+            return
+        taken = parse_head(bytes(self.buffer[:end]), self.edge.limits.value_bytes_max)
+        if taken is None:
+            self._hand_off()
+            return
+        head, deleted = taken
+        size = end + 4 + (head.content_length or 0)
+        if len(self.buffer) < size:
+            return  # the body is still coming
+        body = bytes(self.buffer[end + 4 : size])
+        self.task = asyncio.get_running_loop().create_task(self._answer(head, body, size, deleted))
+
+    async def _answer(self, head: _Head, body: bytes, size: int, deleted: bool) -> None:
+        edge = self.edge
+        started = time.perf_counter()
+
+        async def read_body() -> bytes:
+            return body
+
+        try:
+            write = await parse.parse_write(head, read_body, edge.api.coordinator.secret, edge.limits, deleted=deleted)
+        except Exception:
+            # aiohttp answers it (an HttpError, or a bug it logs), as it would have without the
+            # fast path (module docstring).
+            self.task = None
+            self._hand_off()
+            return
+        del self.buffer[:size]
+        edge.fast_requests += 1
+        close = not head.keep_alive
+        accept = head.headers.get("Accept")
+        level = write.level
+        try:
+            status, headers, payload = 204, await edge.api.coordinate_write(write), b""
+        except HttpError as error:
+            media, payload = error_body(error, accept)
+            status, headers = error.status, {**error.headers, "Content-Type": media}
+        except Exception:
+            log.exception("unexpected error serving %s %s", head.method, head.raw_path)
+            media, payload = error_body(HttpError("internal", "internal error; the node logged it"), accept)
+            status, headers = 500, {"Content-Type": media}
+        edge.metrics.observe(KEY_ROUTE_LABEL, head.method, status, level, time.perf_counter() - started)
+        self.task = None
+        if self.transport is None:
+            return
+        self.transport.write(render(status, headers, payload, edge.clock.date(), close))
+        if close:
+            self.transport.close()
+            return
+        if self.paused and len(self.buffer) <= edge.buffer_bytes_max:
+            self.paused = False
+            self.transport.resume_reading()
+        self._next()
+
+    def _hand_off(self) -> None:
+        """aiohttp's protocol takes the connection, from the first unanswered byte on."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.edge.connections.discard(self)
+        self.edge.handed_off += 1
+        self.transport = None
+        protocol = self.edge.aiohttp_server()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.paused:
+            transport.resume_reading()
+        if self.buffer:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            protocol.data_received(data)

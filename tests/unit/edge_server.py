@@ -1,0 +1,38 @@
+"""A TestServer whose port is what a node's client port is: the edge's fast path in front of
+the app, with aiohttp behind it (node/http/edge.py). Tests use it with aiohttp's TestClient."""
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from node.http.edge import ClientEdge
+
+
+class EdgeTestServer(TestServer):
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(app)
+        self.edge: ClientEdge | None = None
+        self._listener: asyncio.Server | None = None
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(**kwargs)
+        await self.runner.setup()
+        assert self.runner.server is not None
+        self.edge = ClientEdge(self.app, self.runner.server)
+        self._listener = await asyncio.get_running_loop().create_server(self.edge, self.host, 0)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.edge is not None:
+            await self.edge.close(1.0)
+        await super().close()

@@ -1,0 +1,207 @@
+"""The client port's fast path (node/http/edge.py): which requests it takes, and that a
+connection keeps working, in order, when it takes some and hands the rest to aiohttp.
+
+The whole client API suite (test_http_api.py) also runs through the edge; this file covers
+what only a raw socket shows: pipelining, hand-off in the middle of a connection, closing.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from edge_server import EdgeTestServer
+from test_http_api import FakeCoordinator
+
+from cluster.limits import REQUEST_DEFAULTS
+from node.http import build_client_app
+from node.http.edge import ClientEdge, parse_head
+
+LIMIT = REQUEST_DEFAULTS.value_bytes_max
+PLAIN = b"PUT /v1/kv/default/k?consistency=quorum HTTP/1.1\r\nHost: x\r\nContent-Length: 1"
+
+
+def test_a_plain_write_is_taken() -> None:
+    taken = parse_head(PLAIN, LIMIT)
+    assert taken is not None
+    head, deleted = taken
+    assert (head.method, head.raw_path, head.content_length, deleted) == (
+        "PUT",
+        "/v1/kv/default/k?consistency=quorum",
+        1,
+        False,
+    )
+    assert dict(head.query) == {"consistency": "quorum"} and head.headers["HOST"] == "x"
+    deleted_head = parse_head(b"DELETE /v1/kv/default/k HTTP/1.1\r\nHost: x\r\nConnection: close", LIMIT)
+    assert deleted_head is not None and deleted_head[1] and not deleted_head[0].keep_alive
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        PLAIN.replace(b"HTTP/1.1", b"HTTP/1.0"),  # no keep-alive by default: aiohttp's
+        PLAIN.replace(b"Host: x\r\n", b""),  # RFC 9112 §3.2: aiohttp's 400
+        PLAIN + b"\r\nHost: y",
+        PLAIN.replace(b"PUT", b"GET"),  # reads render siblings: aiohttp's
+        PLAIN.replace(b"/v1/kv/default/k", b"/v1/keyspaces/default"),
+        PLAIN.replace(b"/v1/kv/", b"http://x/v1/kv/"),  # absolute form
+        PLAIN.replace(b"PUT /", b"PUT  /"),
+        PLAIN + b"\r\nTransfer-Encoding: chunked",
+        PLAIN + b"\r\nExpect: 100-continue",
+        PLAIN + b"\r\nUpgrade: h2c",
+        PLAIN + b"\r\nContent-Length: 1",  # twice
+        PLAIN.replace(b"Content-Length: 1", b"Content-Length: +1"),
+        PLAIN.replace(b"Content-Length: 1", b"Content-Length: %d" % (LIMIT + 1)),  # aiohttp's 413
+        PLAIN + b"\r\n folded: continuation",
+        PLAIN + b"\r\nBad Name: x",
+        PLAIN + b"\r\nX: caf\xc3\xa9",  # not ASCII
+        PLAIN + b"\r\nX: a\x01b",
+        PLAIN + b"\r\nConnection: keep-alive, upgrade",
+        PLAIN.replace(b"consistency=quorum", b"consistency=%71uorum"),  # needs decoding
+        PLAIN.replace(b"consistency=quorum", b"consistency"),
+        PLAIN.replace(b"consistency=quorum", b"a=1&&b=2"),
+    ],
+)
+def test_anything_unusual_goes_to_aiohttp(head: bytes) -> None:
+    assert parse_head(head, LIMIT) is None
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[tuple[EdgeTestServer, FakeCoordinator]]:
+    fake = FakeCoordinator()
+    server = EdgeTestServer(build_client_app(fake))
+    await server.start_server()
+    try:
+        yield server, fake
+    finally:
+        await server.close()
+
+
+def put(key: str, value: bytes, extra: bytes = b"") -> bytes:
+    return b"PUT /v1/kv/default/%s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        key.encode(),
+        len(value),
+        extra,
+        value,
+    )
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def counters(server: EdgeTestServer) -> ClientEdge:
+    assert server.edge is not None
+    return server.edge
+
+
+async def test_pipelined_writes_are_answered_in_order(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, fake = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"".join(put(f"k{i}", b"v%d" % i) for i in range(5)))  # one segment, five requests
+    statuses = [(await read_response(reader))[0] for _ in range(5)]
+    assert statuses == [204] * 5
+    assert [w.key for w in fake.writes] == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+    assert counters(server).fast_requests == 5 and counters(server).handed_off == 0
+    writer.close()
+
+
+async def test_a_connection_is_handed_to_aiohttp_mid_stream_and_keeps_its_order(
+    edge: tuple[EdgeTestServer, FakeCoordinator],
+) -> None:
+    server, fake = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    get = b"GET /v1/kv/default/a HTTP/1.1\r\nHost: t\r\n\r\n"
+    # A fast write, then a read (aiohttp's) pipelined with another write behind it.
+    writer.write(put("a", b"first") + get + put("a", b"second", b"Titra-Context: not-a-token\r\n"))
+    first, read, refused = [await read_response(reader) for _ in range(3)]
+    assert first[0] == 204 and read[0] == 200 and read[2] == b"first"
+    assert refused[0] == 400 and b"invalid_context" in refused[2]  # aiohttp's answer, on the same socket
+    assert counters(server).fast_requests == 1 and counters(server).handed_off == 1
+    assert [w.value for w in fake.writes] == [b"first"]
+    writer.close()
+
+
+async def test_a_refused_write_is_answered_by_aiohttp_exactly(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, fake = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"PUT /v1/kv/default/k?w=9&consistency=bogus HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nv")
+    status, headers, body = await read_response(reader)
+    assert status == 400 and b"invalid_consistency" in body and headers["titra-coordinator"] == "n1"
+    assert not fake.writes and counters(server).handed_off == 1
+    writer.close()
+
+
+async def test_connection_close_is_honoured(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, _ = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(put("k", b"v", b"Connection: close\r\n"))
+    status, headers, _ = await read_response(reader)
+    assert status == 204 and headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server closed it
+    assert counters(server).fast_requests == 1
+    writer.close()
+
+
+async def test_errors_after_coordination_are_rendered_by_the_fast_path(
+    edge: tuple[EdgeTestServer, FakeCoordinator],
+) -> None:
+    server, fake = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(put("k", b"v", b"Accept: application/msgpack\r\n"))
+    fake.fail_with = RuntimeError("disk on fire")
+    status, headers, body = await read_response(reader)
+    assert status == 500 and headers["content-type"] == "application/msgpack" and b"disk on fire" not in body
+    fake.fail_with = None
+    writer.write(b"PUT /v1/kv/nosuch/k HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nv")
+    status, headers, body = await read_response(reader)
+    assert status == 404 and b"keyspace_not_found" in body and "titra-context" in headers
+    assert counters(server).fast_requests == 2 and counters(server).handed_off == 0
+    writer.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    limits = replace(REQUEST_DEFAULTS, client_idle_timeout_s=1)
+    server = EdgeTestServer(build_client_app(FakeCoordinator(), limits=limits))
+    await server.start_server()
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(put("k", b"v"))
+        assert (await read_response(reader))[0] == 204
+        # Idle from here: the sweep (every quarter of the timeout) closes it within ~1.25 s.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await server.close()
+
+
+async def test_closing_lets_the_write_in_flight_answer(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, fake = edge
+    gate = asyncio.Event()
+    original = fake.put
+
+    async def held_put(req):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await original(req)
+
+    fake.put = held_put  # type: ignore[method-assign]
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(put("k", b"v"))
+    deadline = asyncio.get_running_loop().time() + 5
+    while not any(c.task is not None for c in counters(server).connections):
+        assert asyncio.get_running_loop().time() < deadline, "the write never started"
+        await asyncio.sleep(0.005)
+    closing = asyncio.create_task(counters(server).close(5))
+    gate.set()
+    assert (await read_response(reader))[0] == 204
+    await closing
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
