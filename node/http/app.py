@@ -23,6 +23,7 @@ from cluster.requests import (
     Level,
     Outcome,
     ReadOutcome,
+    ReadRequest,
     ReadStatus,
     WriteOutcome,
     WriteRequest,
@@ -30,7 +31,16 @@ from cluster.requests import (
 )
 from cluster.siblings import Sibling
 from node.http import parse
-from node.http.errors import JSON, MSGPACK, HttpError, error_middleware, negotiate, structured_response, wants_msgpack
+from node.http.errors import (
+    JSON,
+    MSGPACK,
+    HttpError,
+    encode_structured,
+    error_middleware,
+    negotiate,
+    structured_response,
+    wants_msgpack,
+)
 from node.http.metrics import LEVEL_KEY, HttpMetrics, RepairStatus, metrics_middleware
 from node.http.openapi import build_document, encode_document
 
@@ -173,6 +183,12 @@ class ClientApi:
         with self._at_the_edge():
             read = parse.parse_read(request, self.coordinator.secret, self.limits)
         request[LEVEL_KEY] = read.level
+        status, headers, body = await self.coordinate_read(read, request.headers.get("Accept"))
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def coordinate_read(self, read: ReadRequest, accept: str | None) -> tuple[int, dict[str, str], bytes]:
+        """The read's status, headers (receipt included) and body, or an HttpError carrying the
+        receipt. Shared by the aiohttp route and the edge's fast path (node/http/edge.py)."""
         outcome: ReadOutcome = await self.coordinator.get(read)
         status = ReadStatus(outcome.status)
         context = read.context
@@ -192,11 +208,9 @@ class ClientApi:
         )
         if status is ReadStatus.OK and len(outcome.siblings) == 1:
             sibling = outcome.siblings[0]
-            return web.Response(
-                status=200, body=sibling.value, headers={**headers, "Content-Type": sibling.content_type}
-            )
+            return 200, {**headers, "Content-Type": sibling.content_type}, sibling.value
         if status is ReadStatus.OK and outcome.siblings:
-            return _siblings_response(request, outcome.siblings, headers)
+            return await _siblings_body(outcome.siblings, headers, accept)
         # OK with no live sibling cannot be told from "only tombstones", which reads as not found.
         code, default = _READ_ERRORS[ReadStatus.NOT_FOUND if status is ReadStatus.OK else status]
         extra: dict[str, object] = {}
@@ -318,16 +332,19 @@ class ClientApi:
 API_KEY = web.AppKey("titra_client_api", ClientApi)
 
 
-def _siblings_response(request: web.Request, siblings: tuple[Sibling, ...], headers: Mapping[str, str]) -> web.Response:
-    media = negotiate(request.headers.get("Accept"), (JSON, MULTIPART, MSGPACK))
+async def _siblings_body(
+    siblings: tuple[Sibling, ...], headers: Mapping[str, str], accept: str | None
+) -> tuple[int, dict[str, str], bytes]:
+    """A 300 with every sibling: one part each under multipart/mixed, else a JSON or msgpack list."""
+    media = negotiate(accept, (JSON, MULTIPART, MSGPACK))
     if media == MULTIPART:
         writer = MultipartWriter("mixed")
         for sibling in siblings:
             writer.append(
                 sibling.value, {"Content-Type": sibling.content_type, "Titra-Timestamp": sibling.timestamp.encode()}
             )
-        # The writer's Content-Type carries the boundary, so it must not be overridden.
-        return web.Response(status=300, body=writer, headers=headers)
+        # The writer's Content-Type carries the boundary.
+        return 300, {**headers, "Content-Type": writer.content_type}, await writer.as_bytes()
     if media == MSGPACK:
         body: list[dict[str, object]] = [
             {"value": s.value, "content_type": s.content_type, "timestamp": s.timestamp.encode()} for s in siblings
@@ -341,7 +358,7 @@ def _siblings_response(request: web.Request, siblings: tuple[Sibling, ...], head
             }
             for s in siblings
         ]
-    return structured_response(request, 300, {"siblings": body}, headers)
+    return 300, {**headers, "Content-Type": media}, encode_structured({"siblings": body}, media)
 
 
 def build_client_app(

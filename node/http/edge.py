@@ -1,14 +1,14 @@
-"""The client port's front: a lean HTTP/1.1 path for plain KV writes, aiohttp for the rest.
+"""The client port's front: a lean HTTP/1.1 path for plain KV requests, aiohttp for the rest.
 
 Why: on the quorum-write benchmark the aiohttp request cycle (its protocol, request and response
 objects, router and middleware chain) cost about a third of the coordinator's CPU per write,
 more than the replication it answers for (docs/performance.md). Redis, etcd and Cassandra
 each parse their client protocol themselves on the hot path; this module does the same for
-the one request that dominates a write load, and nothing else.
+the requests that dominate a load, reads and writes of one key, and nothing else.
 
 How (rules):
 - Every connection starts here. A request is taken by the fast path only when its head is in a
-  strict, boring subset of HTTP/1.1: `PUT` or `DELETE` of `/v1/kv/...` in origin form,
+  strict, boring subset of HTTP/1.1: `PUT`, `DELETE` or `GET` of `/v1/kv/...` in origin form,
   `HTTP/1.1`, ASCII only, token header names, one `Host`, at most one `Content-Length`, no
   `Transfer-Encoding`, `Expect` or `Upgrade`, a query of plain `name=value` pairs, a declared
   body within the value limit.
@@ -17,9 +17,9 @@ How (rules):
   which then keeps the connection: aiohttp's parser, limits and error bodies answer it exactly
   as they answer a connection that never met the fast path. So the fast path never has to
   produce an error of its own about HTTP syntax, and nothing it accepts differs from aiohttp.
-- The write itself is the aiohttp route's own code: the same parser (`parse.parse_write`), the
-  same coordination and receipt (`ClientApi.coordinate_write`), the same error bodies
-  (`errors.error_body`) and the same metrics series.
+- The request itself is the aiohttp route's own code: the same parsers (`parse.parse_write`,
+  `parse.parse_read`), the same coordination and receipt (`ClientApi.coordinate_write`,
+  `coordinate_read`), the same error bodies (`errors.error_body`) and the same metrics series.
 - One request at a time per connection: pipelined requests wait in the buffer and are answered
   in order, and the socket stops being read while the buffer holds more than one maximal
   request.
@@ -37,6 +37,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, MultiDict
 
 from cluster.limits import RequestDefaults
+from cluster.requests import ReadRequest, WriteRequest
 from node.http import parse
 from node.http.app import API_KEY, METRICS_KEY, ClientApi
 from node.http.errors import HttpError, error_body
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # The metrics label of the KV route, as aiohttp names it (tests/unit/test_http_edge.py checks).
 KEY_ROUTE_LABEL = "/v1/kv/{keyspace}/{key}"
-_METHODS = {b"PUT": False, b"DELETE": True}  # method -> deleted
+_METHODS = frozenset({b"PUT", b"DELETE", b"GET"})
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _QUERY_BYTES = frozenset(b"&=-._0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # Headers whose presence sends a request to aiohttp: framing and protocol switches it handles.
@@ -91,9 +92,8 @@ def _query(raw: bytes) -> MultiDict[str] | None:
     return query
 
 
-def parse_head(head: bytes, value_bytes_max: int) -> tuple[_Head, bool] | None:
-    """The head (without its final CRLF CRLF) if the fast path takes it, with whether the request
-    deletes; None hands it to aiohttp."""
+def parse_head(head: bytes, value_bytes_max: int) -> _Head | None:
+    """The head (without its final CRLF CRLF) if the fast path takes it; None hands it to aiohttp."""
     if not head.isascii():
         return None
     lines = head.split(b"\r\n")
@@ -132,8 +132,9 @@ def parse_head(head: bytes, value_bytes_max: int) -> tuple[_Head, bool] | None:
         headers.add(text_name, text_value)
     if len(headers.getall("host", ())) != 1:
         return None  # RFC 9112 §3.2: exactly one Host, or aiohttp's 400
-    taken = _Head(parts[0].decode(), target.decode(), query, headers, content_length, keep_alive)
-    return taken, _METHODS[parts[0]]
+    if parts[0] == b"GET" and content_length:
+        return None  # a read with a body: aiohttp reads and ignores it
+    return _Head(parts[0].decode(), target.decode(), query, headers, content_length, keep_alive)
 
 
 class _Clock:
@@ -261,26 +262,30 @@ class _Connection(asyncio.Protocol):
             if len(self.buffer) >= self.edge.limits.edge_head_bytes_max:
                 self._hand_off()
             return
-        taken = parse_head(bytes(self.buffer[:end]), self.edge.limits.value_bytes_max)
-        if taken is None:
+        head = parse_head(bytes(self.buffer[:end]), self.edge.limits.value_bytes_max)
+        if head is None:
             self._hand_off()
             return
-        head, deleted = taken
         size = end + 4 + (head.content_length or 0)
         if len(self.buffer) < size:
             return  # the body is still coming
         body = bytes(self.buffer[end + 4 : size])
-        self.task = asyncio.get_running_loop().create_task(self._answer(head, body, size, deleted))
+        self.task = asyncio.get_running_loop().create_task(self._answer(head, body, size))
 
-    async def _answer(self, head: _Head, body: bytes, size: int, deleted: bool) -> None:
+    async def _answer(self, head: _Head, body: bytes, size: int) -> None:
         edge = self.edge
         started = time.perf_counter()
 
         async def read_body() -> bytes:
             return body
 
+        secret = edge.api.coordinator.secret
         try:
-            write = await parse.parse_write(head, read_body, edge.api.coordinator.secret, edge.limits, deleted=deleted)
+            if head.method == "GET":
+                request: WriteRequest | ReadRequest = parse.parse_read(head, secret, edge.limits)
+            else:
+                deleted = head.method == "DELETE"
+                request = await parse.parse_write(head, read_body, secret, edge.limits, deleted=deleted)
         except Exception:
             # aiohttp answers it (an HttpError, or a bug it logs), as it would have without the
             # fast path (module docstring).
@@ -291,9 +296,11 @@ class _Connection(asyncio.Protocol):
         edge.fast_requests += 1
         close = not head.keep_alive
         accept = head.headers.get("Accept")
-        level = write.level
         try:
-            status, headers, payload = 204, await edge.api.coordinate_write(write), b""
+            if isinstance(request, WriteRequest):
+                status, headers, payload = 204, await edge.api.coordinate_write(request), b""
+            else:
+                status, headers, payload = await edge.api.coordinate_read(request, accept)
         except HttpError as error:
             media, payload = error_body(error, accept)
             status, headers = error.status, {**error.headers, "Content-Type": media}
@@ -301,7 +308,7 @@ class _Connection(asyncio.Protocol):
             log.exception("unexpected error serving %s %s", head.method, head.raw_path)
             media, payload = error_body(HttpError("internal", "internal error; the node logged it"), accept)
             status, headers = 500, {"Content-Type": media}
-        edge.metrics.observe(KEY_ROUTE_LABEL, head.method, status, level, time.perf_counter() - started)
+        edge.metrics.observe(KEY_ROUTE_LABEL, head.method, status, request.level, time.perf_counter() - started)
         self.task = None
         if self.transport is None:
             return
