@@ -10,6 +10,7 @@ command line, where `ps` would show it to every user of the machine.
 """
 
 import contextlib
+import json
 import os
 import secrets
 import shlex
@@ -157,7 +158,8 @@ def _is_node_process(pid: int, data_dir: Path) -> bool:
 def up(
     root: Path, nodes: int, base_port: int, defaults: ClientDefaults = CLIENT_DEFAULTS
 ) -> tuple[tuple[NodePlan, int], ...]:
-    """Start every node and return (node, pid) once all answer /health/ready with 200."""
+    """Start every node and return (node, pid) once all answer /health/ready with 200 and each
+    is connected to every other."""
     root = root.resolve()
     cluster = plan(root, nodes, base_port, defaults)
     root.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,7 @@ def _wait_ready(cluster: Sequence[NodePlan], started: Mapping[str, int], default
                 raise LocalClusterError(
                     f"{node.node_id} exited with status {code} before it was ready\n{_tails([node])}"
                 )
-            if _ready(node, poll_s):
+            if _ready(node, poll_s) and _connected(node, cluster, poll_s):
                 waiting.remove(node)
         if not waiting:
             return
@@ -244,6 +246,18 @@ def _ready(node: NodePlan, timeout_s: float) -> bool:
             return bool(reply.status == 200)
     except (urllib.error.URLError, OSError):  # refused, not ready (503), or slow: ask again
         return False
+
+
+def _connected(node: NodePlan, cluster: Sequence[NodePlan], timeout_s: float) -> bool:
+    """Whether `node` reports a connection to every other node (/v1/status): until then a quorum
+    request through it, such as creating a keyspace right after `up`, could get a 503."""
+    others = {other.node_id for other in cluster if other.node_id != node.node_id}
+    try:
+        with _DIRECT.open(f"{node.endpoint}/v1/status", timeout=max(timeout_s, 0.5)) as reply:
+            peers = json.loads(reply.read()).get("peers", {})
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return False
+    return all(isinstance(peers.get(other), dict) and peers[other].get("connected") is True for other in others)
 
 
 def _tails(nodes: Iterable[NodePlan]) -> str:

@@ -385,8 +385,21 @@ with open(os.path.join(options["--data-dir"], "seen.json"), "w") as out:
     json.dump({"argv": args, "secret": os.environ.get("TITRA_CLUSTER_SECRET")}, out)
 host, port = options["--listen"].split(":")
 
+peers = [item.split("=")[0] for item in options["--peers"].split(",") if item.split("=")[0] != options["--node-id"]]
+status_polls = os.path.join(options["--data-dir"], "status_polls")
+
 class Ready(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/v1/status":
+            # Connected to its peers only from the third poll on: `local up` must wait for it.
+            with open(status_polls, "a") as out:
+                out.write(".")
+            polls = len(open(status_polls).read())
+            body = json.dumps({"peers": {peer: {"connected": polls >= 3} for peer in peers}}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(200 if self.path == "/health/ready" else 404)
         self.end_headers()
 
@@ -428,6 +441,8 @@ def test_local_up_waits_for_ready_nodes_and_local_down_stops_them(
         assert [n["endpoint"] for n in started["nodes"]] == [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"]
         pids = {n["node_id"]: n["pid"] for n in started["nodes"]}
         assert {node_id: int((root / f"{node_id}.pid").read_text()) for node_id in pids} == pids
+        # It returned only once each node said it was connected to the other (the third poll).
+        assert all(len((root / node_id / "status_polls").read_text()) == 3 for node_id in ("n1", "n2"))
         seen = json.loads((root / "n2" / "seen.json").read_text())
         assert seen["secret"] == (root / "cluster.secret").read_text().strip()
         peer = base + CLIENT_DEFAULTS.local_peer_port_offset
