@@ -21,8 +21,9 @@ How (rules):
   `parse.parse_read`), the same coordination and receipt (`ClientApi.coordinate_write`,
   `coordinate_read`), the same error bodies (`errors.error_body`) and the same metrics series.
 - One request at a time per connection: pipelined requests wait in the buffer and are answered
-  in order, and the socket stops being read while the buffer holds more than one maximal
-  request.
+  in order. The socket stops being read while the buffer holds more than one maximal request
+  or while answers are not drained (a client that sends but does not read), as aiohttp's
+  `drain` does; a client that half-closes still gets the answers to what it sent in full.
 """
 
 import asyncio
@@ -53,6 +54,10 @@ _QUERY_BYTES = frozenset(b"&=-._0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 # Headers whose presence sends a request to aiohttp: framing and protocol switches it handles.
 _AIOHTTP_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "content-length"})
 _SERVER = SERVER_SOFTWARE.encode()
+# Heads with more header lines, or a Content-Length of more digits (int() refuses over 4,300),
+# go to aiohttp, whose limits then answer them; no client needs either on a KV request.
+_HEADER_LINES_MAX = 100
+_LENGTH_DIGITS_MAX = 15
 
 
 class _Head:
@@ -97,6 +102,8 @@ def parse_head(head: bytes, value_bytes_max: int) -> _Head | None:
     if not head.isascii():
         return None
     lines = head.split(b"\r\n")
+    if len(lines) > _HEADER_LINES_MAX + 1:
+        return None
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _METHODS:
         return None
@@ -119,7 +126,9 @@ def parse_head(head: bytes, value_bytes_max: int) -> _Head | None:
         text_name = name.decode().lower()
         text_value = value.decode()
         if text_name in _AIOHTTP_HEADERS:
-            if text_name != "content-length" or content_length is not None or not value.isdigit():
+            if text_name != "content-length" or content_length is not None:
+                return None
+            if not value.isdigit() or len(value) > _LENGTH_DIGITS_MAX:
                 return None
             content_length = int(value)
             if content_length > value_bytes_max:
@@ -225,7 +234,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.task: asyncio.Task[None] | None = None  # the request being answered
-        self.paused = False
+        self.reading_paused = False
+        self.writing_paused = False  # the transport's buffer is past its high-water mark
+        self.eof = False  # the client half-closed: answer what is complete, then close
         self.last_received = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -242,9 +253,36 @@ class _Connection(asyncio.Protocol):
         self.last_received = time.monotonic()
         if self.task is None:
             self._next()
-        elif not self.paused and len(self.buffer) > self.edge.buffer_bytes_max and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        self._flow()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.task is None:
+            self._next()
+        return True  # keep the transport open for the answer in flight, if any
+
+    def pause_writing(self) -> None:
+        # A client that sends but does not read: stop reading it too (aiohttp's drain, here).
+        self.writing_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._flow()
+        if self.task is None:
+            self._next()
+
+    def _flow(self) -> None:
+        """Read only while the unanswered bytes fit one maximal request and answers drain."""
+        if self.transport is None:
+            return
+        pause = self.writing_paused or len(self.buffer) > self.edge.buffer_bytes_max
+        if pause != self.reading_paused:
+            self.reading_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -255,12 +293,14 @@ class _Connection(asyncio.Protocol):
         if self.edge.closing:
             self.close()
             return
-        if self.transport is None or not self.buffer:
+        if self.transport is None or self.writing_paused:
             return
         end = self.buffer.find(b"\r\n\r\n", 0, self.edge.limits.edge_head_bytes_max)
         if end < 0:
             if len(self.buffer) >= self.edge.limits.edge_head_bytes_max:
                 self._hand_off()
+            elif self.eof:
+                self.close()  # nothing more will come: an incomplete head is never answered
             return
         head = parse_head(bytes(self.buffer[:end]), self.edge.limits.value_bytes_max)
         if head is None:
@@ -268,6 +308,8 @@ class _Connection(asyncio.Protocol):
             return
         size = end + 4 + (head.content_length or 0)
         if len(self.buffer) < size:
+            if self.eof:
+                self.close()
             return  # the body is still coming
         body = bytes(self.buffer[end + 4 : size])
         self.task = asyncio.get_running_loop().create_task(self._answer(head, body, size))
@@ -316,9 +358,7 @@ class _Connection(asyncio.Protocol):
         if close:
             self.transport.close()
             return
-        if self.paused and len(self.buffer) <= edge.buffer_bytes_max:
-            self.paused = False
-            self.transport.resume_reading()
+        self._flow()
         self._next()
 
     def _hand_off(self) -> None:
@@ -332,8 +372,10 @@ class _Connection(asyncio.Protocol):
         protocol = self.edge.aiohttp_server()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        if self.paused:
+        if self.reading_paused:
             transport.resume_reading()
         if self.buffer:
             data, self.buffer = bytes(self.buffer), bytearray()
             protocol.data_received(data)
+        if self.eof:
+            protocol.eof_received()

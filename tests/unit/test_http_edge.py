@@ -58,6 +58,8 @@ def test_a_plain_write_is_taken() -> None:
         PLAIN.replace(b"consistency=quorum", b"consistency=%71uorum"),  # needs decoding
         PLAIN.replace(b"consistency=quorum", b"consistency"),
         PLAIN.replace(b"consistency=quorum", b"a=1&&b=2"),
+        PLAIN.replace(b"Content-Length: 1", b"Content-Length: " + b"0" * 15 + b"1"),
+        PLAIN + b"\r\nX: y" * 100,
     ],
 )
 def test_anything_unusual_goes_to_aiohttp(head: bytes) -> None:
@@ -205,3 +207,55 @@ async def test_closing_lets_the_write_in_flight_answer(edge: tuple[EdgeTestServe
     await closing
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_a_half_closed_connection_still_gets_its_answers(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, fake = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(put("a", b"1") + put("b", b"2") + b"PUT /v1/kv/default/c HTTP/1.1\r\nHost: t\r\nContent-Le")
+    writer.write_eof()
+    assert [(await read_response(reader))[0] for _ in range(2)] == [204, 204]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the incomplete third is never answered
+    assert [w.key for w in fake.writes] == [b"a", b"b"]
+    writer.close()
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_answers_that_do_not_drain_stop_the_reading(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, fake = edge
+    connection, transport = counters(server)(), FakeTransport()
+    connection.connection_made(transport)
+    connection.pause_writing()  # the transport's buffer is full: the client does not read
+    assert not transport.reading
+    connection.data_received(put("a", b"1") + put("b", b"2"))
+    assert connection.task is None and not fake.writes and not transport.written
+    connection.resume_writing()
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(transport.written) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "the pipelined writes were not answered"
+        await asyncio.sleep(0.005)
+    assert all(answer.startswith(b"HTTP/1.1 204 ") for answer in transport.written)
+    assert [w.key for w in fake.writes] == [b"a", b"b"] and transport.reading
+    connection.connection_lost(None)
