@@ -78,6 +78,7 @@ class MembershipDriver:
         self._persisting = 0
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         incarnation = await bump_incarnation(self._store)
@@ -178,6 +179,10 @@ class MembershipDriver:
             self._transport.remove_peer(SEED_PREFIX + address)
             self._seed_peers.discard(address)
 
-    @staticmethod
-    def _now_ms() -> int:
-        return int(asyncio.get_running_loop().time() * 1000)
+    def _now_ms(self) -> int:
+        # The loop is cached: on CPython 3.11 each get_running_loop() is a getpid(2) system call,
+        # and the runtime asks `is_down` for every replica of every request.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return int(loop.time() * 1000)
