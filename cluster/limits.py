@@ -147,9 +147,14 @@ class RequestDefaults:
     # A keyspace definition body ({"n": 3, "resolution": "siblings"}): a few dozen bytes in
     # practice; bounded so the JSON parser never sees a large or deeply nested document.
     keyspace_body_bytes_max: int = 4 * KIB
-    # The client port's fast path (node/http/edge.py) takes request heads up to this size
-    # (room for a maximal context token); a larger head goes to aiohttp, whose limits apply.
-    edge_head_bytes_max: int = 32 * KIB
+    # HTTP request heads, the same on both front doors of the client port (node/http/edge.py's
+    # fast path, aiohttp behind it): the request line (aiohttp's default), one header line (room
+    # for a maximal context token) and the number of header lines (aiohttp's default).
+    request_line_bytes_max: int = 8_190
+    request_header_bytes_max: int = 20 * KIB
+    request_headers_max: int = 128
+    # The fast path looks for the end of a head this far; a longer one goes to aiohttp.
+    edge_head_bytes_max: int = 64 * KIB
     # A client connection that sent nothing for this long while no request of it is being
     # answered is closed (aiohttp's keepalive_timeout; both paths of the client port use it).
     client_idle_timeout_s: int = 75
@@ -200,8 +205,11 @@ assert REQUEST_DEFAULTS.key_bytes_max + REQUEST_DEFAULTS.keyspace_name_bytes_max
 assert 0 < REQUEST_DEFAULTS.request_timeout_ms_default <= REQUEST_DEFAULTS.request_timeout_ms_max
 assert REQUEST_DEFAULTS.replicas_default <= REQUEST_DEFAULTS.replicas_max
 assert REQUEST_DEFAULTS.list_page_max <= STORE_LIMITS.scan_page_max
-assert REQUEST_DEFAULTS.edge_head_bytes_max > REQUEST_DEFAULTS.context_token_bytes_max, (
-    "a request carrying a maximal context token must fit the fast path's head"
+assert REQUEST_DEFAULTS.request_header_bytes_max > REQUEST_DEFAULTS.context_token_bytes_max + 64, (
+    "a header line must hold a maximal context token"
+)
+assert REQUEST_DEFAULTS.edge_head_bytes_max > 2 * REQUEST_DEFAULTS.request_header_bytes_max, (
+    "the fast path must see a head that holds a maximal context token and an If-Match"
 )
 assert REQUEST_DEFAULTS.client_idle_timeout_s > 0 and REQUEST_DEFAULTS.client_backlog > 0
 assert REQUEST_DEFAULTS.client_shutdown_s * 1000 >= REQUEST_DEFAULTS.request_timeout_ms_max

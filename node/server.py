@@ -22,7 +22,7 @@ from cluster.replica import Replica
 from cluster.tombstones import RepairSettings
 from node.anti_entropy import repair_settings_from_env
 from node.http.app import build_client_app
-from node.http.edge import ClientEdge
+from node.http.edge import ClientEdge, aiohttp_limits
 from node.membership import MembershipDriver
 from node.runtime import NodeRuntime
 from node.storage import StoreConfig, WalStore
@@ -167,7 +167,7 @@ async def serve(config: NodeConfig) -> None:
         config.node_id, sorted(config.peers), replica, transport, config.secret.encode(), members, config.repair
     )
     client_app = build_client_app(runtime, repair_status=runtime.repair_status)
-    client_runner = web.AppRunner(client_app, access_log=None, keepalive_timeout=REQUEST_DEFAULTS.client_idle_timeout_s)
+    client_runner = web.AppRunner(client_app, access_log=None, **aiohttp_limits(REQUEST_DEFAULTS))
     await client_runner.setup()
     assert client_runner.server is not None
     # The client port: the edge's fast path for plain KV writes, aiohttp for everything else.

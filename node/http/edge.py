@@ -1,8 +1,8 @@
 """The client port's front: a lean HTTP/1.1 path for plain KV requests, aiohttp for the rest.
 
-Why: on the quorum-write benchmark the aiohttp request cycle (its protocol, request and response
-objects, router and middleware chain) cost about a third of the coordinator's CPU per write,
-more than the replication it answers for (docs/performance.md). Redis, etcd and Cassandra
+Why: on the quorum-write benchmark, answering these requests here instead of through aiohttp's
+request cycle (its protocol, request and response objects, router and middleware chain) cut
+16% of the CPU of a write across the three nodes (docs/performance.md). Redis, etcd and Cassandra
 each parse their client protocol themselves on the hot path; this module does the same for
 the requests that dominate a load, reads and writes of one key, and nothing else.
 
@@ -31,7 +31,7 @@ import http
 import logging
 import time
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -46,7 +46,8 @@ from node.http.metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
 
-# The metrics label of the KV route, as aiohttp names it (tests/unit/test_http_edge.py checks).
+# The metrics label of the KV route, as aiohttp names it (test_http_api.py's metrics test, run
+# through both front doors, checks).
 KEY_ROUTE_LABEL = "/v1/kv/{keyspace}/{key}"
 _METHODS = frozenset({b"PUT", b"DELETE", b"GET"})
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -54,10 +55,6 @@ _QUERY_BYTES = frozenset(b"&=-._0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 # Headers whose presence sends a request to aiohttp: framing and protocol switches it handles.
 _AIOHTTP_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "content-length"})
 _SERVER = SERVER_SOFTWARE.encode()
-# Heads with more header lines, or a Content-Length of more digits (int() refuses over 4,300),
-# go to aiohttp, whose limits then answer them; no client needs either on a KV request.
-_HEADER_LINES_MAX = 100
-_LENGTH_DIGITS_MAX = 15
 
 
 class _Head:
@@ -97,12 +94,13 @@ def _query(raw: bytes) -> MultiDict[str] | None:
     return query
 
 
-def parse_head(head: bytes, value_bytes_max: int) -> _Head | None:
-    """The head (without its final CRLF CRLF) if the fast path takes it; None hands it to aiohttp."""
+def parse_head(head: bytes, limits: RequestDefaults) -> _Head | None:
+    """The head (without its final CRLF CRLF) if the fast path takes it; None hands it to aiohttp,
+    whose limits (the same `limits`, given to it in node/server.py) then answer what is too large."""
     if not head.isascii():
         return None
     lines = head.split(b"\r\n")
-    if len(lines) > _HEADER_LINES_MAX + 1:
+    if len(lines) > limits.request_headers_max + 1 or len(lines[0]) > limits.request_line_bytes_max:
         return None
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _METHODS:
@@ -117,6 +115,8 @@ def parse_head(head: bytes, value_bytes_max: int) -> _Head | None:
     content_length: int | None = None
     keep_alive = True
     for line in lines[1:]:
+        if len(line) > limits.request_header_bytes_max:
+            return None
         name, sep, raw_value = line.partition(b":")
         if not sep or not name or not _TOKEN_BYTES.issuperset(name):
             return None  # also obs-fold: a continuation line starts with a space
@@ -128,10 +128,11 @@ def parse_head(head: bytes, value_bytes_max: int) -> _Head | None:
         if text_name in _AIOHTTP_HEADERS:
             if text_name != "content-length" or content_length is not None:
                 return None
-            if not value.isdigit() or len(value) > _LENGTH_DIGITS_MAX:
+            # More digits than the limit has is over it (and int() refuses over 4,300 digits).
+            if not value.isdigit() or len(value) > len(str(limits.value_bytes_max)):
                 return None
             content_length = int(value)
-            if content_length > value_bytes_max:
+            if content_length > limits.value_bytes_max:
                 return None  # aiohttp answers the 413 without reading the body
         elif text_name == "connection":
             token = text_value.lower()
@@ -173,6 +174,17 @@ def render(status: int, headers: dict[str, str], body: bytes, date: bytes, close
     out.append(b"Date: %s\r\nServer: %s\r\n\r\n" % (date, _SERVER))
     out.append(body)
     return b"".join(out)
+
+
+def aiohttp_limits(limits: RequestDefaults) -> dict[str, Any]:
+    """aiohttp's settings (AppRunner keywords) for the limits the fast path applies, so that both
+    front doors refuse the same heads and close the same idle connections."""
+    return {
+        "max_line_size": limits.request_line_bytes_max,
+        "max_field_size": limits.request_header_bytes_max,
+        "max_headers": limits.request_headers_max,
+        "keepalive_timeout": limits.client_idle_timeout_s,
+    }
 
 
 class ClientEdge:
@@ -302,7 +314,7 @@ class _Connection(asyncio.Protocol):
             elif self.eof:
                 self.close()  # nothing more will come: an incomplete head is never answered
             return
-        head = parse_head(bytes(self.buffer[:end]), self.edge.limits.value_bytes_max)
+        head = parse_head(bytes(self.buffer[:end]), self.edge.limits)
         if head is None:
             self._hand_off()
             return

@@ -1,5 +1,5 @@
-"""A TestServer whose port is what a node's client port is: the edge's fast path in front of
-the app, with aiohttp behind it (node/http/edge.py). Tests use it with aiohttp's TestClient."""
+"""TestServers whose port is what a node's client port is: aiohttp with the node's limits, and
+the edge's fast path in front of it (node/http/edge.py). Tests use them with aiohttp's TestClient."""
 
 import asyncio
 from typing import Any
@@ -8,10 +8,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from node.http.edge import ClientEdge
+from node.http.app import API_KEY
+from node.http.edge import ClientEdge, aiohttp_limits
 
 
-class EdgeTestServer(TestServer):
+class LimitedTestServer(TestServer):
+    """aiohttp alone, with the node's head limits and idle timeout (node/server.py gives them to
+    its AppRunner; TestServer's own keywords never reach the runner)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return await super()._make_runner(**{**aiohttp_limits(self.app[API_KEY].limits), **kwargs})
+
+
+class EdgeTestServer(LimitedTestServer):
     def __init__(self, app: web.Application) -> None:
         super().__init__(app)
         self.edge: ClientEdge | None = None

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from edge_server import EdgeTestServer
+from aiohttp.test_utils import TestClient
+from edge_server import EdgeTestServer, LimitedTestServer
 from prometheus_client.parser import text_string_to_metric_families
 from test_openapi import Recorded, conformance_problems
 
@@ -230,7 +230,8 @@ class Api:
 async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
     fake = FakeCoordinator()
     app = build_client_app(fake)
-    server = EdgeTestServer(app) if request.param == "edge" else TestServer(app)
+    # aiohttp alone gets the node's limits too (node/server.py), so both refuse the same heads.
+    server = EdgeTestServer(app) if request.param == "edge" else LimitedTestServer(app)
     async with TestClient(server) as client:
         harness = Api(client, fake)
         yield harness
@@ -776,3 +777,15 @@ async def test_linearizable_is_not_built_yet_and_says_so_with_501(api: Api) -> N
     assert reply.status == 501 and reply.json()["error"]["code"] == "not_implemented"
     assert "linearizable" in reply.json()["error"]["message"]
     assert api.fake.writes == []
+
+
+async def test_both_front_doors_take_and_refuse_the_same_header_sizes(api: Api) -> None:
+    # A header line longer than aiohttp's default (8,190 bytes), as a maximal context token is.
+    padded = await api.call("PUT", K, b"v", {"X-Pad": "a" * 12_000})
+    assert padded.status == 204
+    too_long = await api.call("PUT", K, b"v", {"X-Pad": "a" * (REQUEST_DEFAULTS.request_header_bytes_max + 1)})
+    assert too_long.status == 400
+    # A head the HTTP parser refuses is answered by aiohttp's parser itself, in plain text, before
+    # any route (outside the OpenAPI document), on both doors alike.
+    assert api.records.pop().headers["Content-Type"].startswith("text/plain")
+    assert len(api.fake.writes) == 1

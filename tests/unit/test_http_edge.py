@@ -17,18 +17,19 @@ from cluster.limits import REQUEST_DEFAULTS
 from node.http import build_client_app
 from node.http.edge import ClientEdge, parse_head
 
-LIMIT = REQUEST_DEFAULTS.value_bytes_max
+LIMITS = REQUEST_DEFAULTS
+LIMIT = LIMITS.value_bytes_max
 PLAIN = b"PUT /v1/kv/default/k?consistency=quorum HTTP/1.1\r\nHost: x\r\nContent-Length: 1"
 
 
 def test_a_plain_write_is_taken() -> None:
-    head = parse_head(PLAIN, LIMIT)
+    head = parse_head(PLAIN, LIMITS)
     assert head is not None
     assert (head.method, head.raw_path, head.content_length) == ("PUT", "/v1/kv/default/k?consistency=quorum", 1)
     assert dict(head.query) == {"consistency": "quorum"} and head.headers["HOST"] == "x"
-    delete = parse_head(b"DELETE /v1/kv/default/k HTTP/1.1\r\nHost: x\r\nConnection: close", LIMIT)
+    delete = parse_head(b"DELETE /v1/kv/default/k HTTP/1.1\r\nHost: x\r\nConnection: close", LIMITS)
     assert delete is not None and delete.method == "DELETE" and not delete.keep_alive
-    read = parse_head(b"GET /v1/kv/default/k?consistency=one HTTP/1.1\r\nHost: x", LIMIT)
+    read = parse_head(b"GET /v1/kv/default/k?consistency=one HTTP/1.1\r\nHost: x", LIMITS)
     assert read is not None and read.method == "GET" and read.content_length is None
 
 
@@ -59,11 +60,13 @@ def test_a_plain_write_is_taken() -> None:
         PLAIN.replace(b"consistency=quorum", b"consistency"),
         PLAIN.replace(b"consistency=quorum", b"a=1&&b=2"),
         PLAIN.replace(b"Content-Length: 1", b"Content-Length: " + b"0" * 15 + b"1"),
-        PLAIN + b"\r\nX: y" * 100,
+        PLAIN + b"\r\nX: y" * LIMITS.request_headers_max,
+        PLAIN + b"\r\nX: " + b"y" * LIMITS.request_header_bytes_max,
+        PLAIN.replace(b"/k?", b"/" + b"k" * LIMITS.request_line_bytes_max + b"?"),
     ],
 )
 def test_anything_unusual_goes_to_aiohttp(head: bytes) -> None:
-    assert parse_head(head, LIMIT) is None
+    assert parse_head(head, LIMITS) is None
 
 
 @pytest.fixture
