@@ -106,8 +106,8 @@ def parse_head(head: bytes, limits: RequestDefaults) -> _Head | None:
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _METHODS:
         return None
     target = parts[1]
-    if not target.startswith(b"/v1/kv/") or any(byte <= 0x20 or byte == 0x7F for byte in target):
-        return None
+    if not target.startswith(b"/v1/kv/") or b"#" in target or any(byte <= 0x20 or byte == 0x7F for byte in target):
+        return None  # a fragment is not a key's: aiohttp's URL parsing decides what it is
     query = _query(target.partition(b"?")[2])
     if query is None:
         return None

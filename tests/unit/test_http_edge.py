@@ -44,6 +44,7 @@ def test_a_plain_write_is_taken() -> None:
         PLAIN.replace(b"PUT", b"POST"),
         PLAIN.replace(b"/v1/kv/default/k", b"/v1/keyspaces/default"),
         PLAIN.replace(b"/v1/kv/", b"http://x/v1/kv/"),  # absolute form
+        PLAIN.replace(b"/k?", b"/k#f?"),
         PLAIN.replace(b"PUT /", b"PUT  /"),
         PLAIN + b"\r\nTransfer-Encoding: chunked",
         PLAIN + b"\r\nExpect: 100-continue",
