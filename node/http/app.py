@@ -2,7 +2,8 @@
 
 Handlers are thin: `node.http.parse` validates everything and builds the coordinator request,
 the coordinator (node/runtime.py) does the work, and the outcome's status is mapped to an HTTP
-status here. A KV response the coordinator produced carries the whole consistency receipt; a
+status here (`ClientApi.coordinate_write` / `coordinate_read`, which the client port's fast
+path in node/http/edge.py calls too, so both front doors answer alike). A KV response the coordinator produced carries the whole consistency receipt; a
 request the edge rejected (400, 412 on an If-Match that never saw the key, 413) was not
 coordinated and carries only `Titra-Coordinator`.
 """
@@ -103,6 +104,8 @@ def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamRe
 
 
 class ClientApi:
+    """The client API's routes and the coordination steps they share with the edge's fast path."""
+
     def __init__(self, coordinator: Coordinator, limits: RequestDefaults, metrics: HttpMetrics) -> None:
         self.coordinator = coordinator
         self.limits = limits
