@@ -3,9 +3,10 @@
 Handlers are thin: `node.http.parse` validates everything and builds the coordinator request,
 the coordinator (node/runtime.py) does the work, and the outcome's status is mapped to an HTTP
 status here (`ClientApi.coordinate_write` / `coordinate_read`, which the client port's fast
-path in node/http/edge.py calls too, so both front doors answer alike). A KV response the coordinator produced carries the whole consistency receipt; a
-request the edge rejected (400, 412 on an If-Match that never saw the key, 413) was not
-coordinated and carries only `Titra-Coordinator`.
+path in node/http/edge.py calls too, so both front doors answer alike). A KV response the
+coordinator produced carries the whole consistency receipt; a request the edge rejected (400,
+412 on an If-Match that never saw the key, 413) was not coordinated and carries only
+`Titra-Coordinator`.
 """
 
 import base64
