@@ -9,9 +9,9 @@ the requests that dominate a load, reads and writes of one key, and nothing else
 How (rules):
 - Every connection starts here. A request is taken by the fast path only when its head is in a
   strict, boring subset of HTTP/1.1: `PUT`, `DELETE` or `GET` of `/v1/kv/...` in origin form,
-  `HTTP/1.1`, ASCII only, token header names, one `Host`, at most one `Content-Length`, no
-  `Transfer-Encoding`, `Expect` or `Upgrade`, a query of plain `name=value` pairs, a declared
-  body within the value limit.
+  `HTTP/1.1`, ASCII only, token header names, one `Host`, no header repeated, no
+  `Transfer-Encoding`, `Content-Encoding`, `Expect` or `Upgrade`, a query of plain `name=value`
+  pairs, a `Content-Length` body within the value limit.
 - Anything else, including every request the shared parser (node/http/parse.py) refuses, is
   handed, with every byte of it and after it, to aiohttp's own protocol on the same connection,
   which then keeps the connection: aiohttp's parser, limits and error bodies answer it exactly
@@ -23,12 +23,16 @@ How (rules):
 - One request at a time per connection: pipelined requests wait in the buffer and are answered
   in order. The socket stops being read while the buffer holds more than one maximal request
   or while answers are not drained (a client that sends but does not read), as aiohttp's
-  `drain` does; a client that half-closes still gets the answers to what it sent in full.
+  `drain` does. A client that half-closes gets the answers to the requests the fast path took
+  (after a hand-off, aiohttp's own handling of a half-close applies).
+- A buffer that cannot start a fast-path head (another route, a bare-LF request, a TLS hello)
+  goes to aiohttp at once, and each byte of a head is scanned once, however it trickles in.
 """
 
 import asyncio
 import http
 import logging
+import re
 import time
 from email.utils import formatdate
 from typing import Any, cast
@@ -50,10 +54,26 @@ log = logging.getLogger(__name__)
 # through both front doors, checks).
 KEY_ROUTE_LABEL = "/v1/kv/{keyspace}/{key}"
 _METHODS = frozenset({b"PUT", b"DELETE", b"GET"})
-_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_QUERY_BYTES = frozenset(b"&=-._0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Headers whose presence sends a request to aiohttp: framing and protocol switches it handles.
-_AIOHTTP_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "content-length"})
+# What a buffer must start with to be a fast-path head; anything else is aiohttp's at once.
+_PREFIXES = (b"PUT /v1/kv/", b"GET /v1/kv/", b"DELETE /v1/kv/")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A target of visible ASCII without a fragment (a fragment is not a key's: aiohttp's URL
+# parsing decides what it is), and a query of plain `name=value` pairs.
+_TARGET = re.compile(rb"/v1/kv/[\x21-\x22\x24-\x7e]*")
+_QUERY = re.compile(rb"[A-Za-z0-9_.-]+=[A-Za-z0-9_.-]*(?:&[A-Za-z0-9_.-]+=[A-Za-z0-9_.-]*)*")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers whose presence sends a request to aiohttp: framing, body decoding, protocol switches
+# and connection management it handles (llhttp combines some of them in ways not worth copying).
+_AIOHTTP_HEADERS = frozenset(
+    {
+        "transfer-encoding",
+        "content-encoding",
+        "expect",
+        "upgrade",
+        "proxy-connection",
+        "sec-websocket-key1",
+    }
+)
 _SERVER = SERVER_SOFTWARE.encode()
 
 
@@ -84,14 +104,27 @@ def _query(raw: bytes) -> MultiDict[str] | None:
     query: MultiDict[str] = MultiDict()
     if not raw:
         return query
-    if not _QUERY_BYTES.issuperset(raw):
+    if not _QUERY.fullmatch(raw):
         return None
-    for pair in raw.split(b"&"):
-        name, sep, value = pair.partition(b"=")
-        if not name or not sep:
-            return None
-        query.add(name.decode(), value.decode())
+    for pair in raw.decode().split("&"):
+        name, _, value = pair.partition("=")
+        query.add(name, value)
     return query
+
+
+def could_be_fast(prefix: bytes) -> bool:
+    """Whether a buffer starting with `prefix` may still turn out to be a fast-path head."""
+    return any(p.startswith(prefix[: len(p)]) for p in _PREFIXES)
+
+
+def _bare_line_feed(buffer: bytearray, start: int) -> bool:
+    """Whether an LF at or after `start` follows something other than a CR."""
+    at = buffer.find(b"\n", start)
+    while at >= 0:
+        if at == 0 or buffer[at - 1] != 0x0D:
+            return True
+        at = buffer.find(b"\n", at + 1)
+    return False
 
 
 def parse_head(head: bytes, limits: RequestDefaults) -> _Head | None:
@@ -106,8 +139,8 @@ def parse_head(head: bytes, limits: RequestDefaults) -> _Head | None:
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _METHODS:
         return None
     target = parts[1]
-    if not target.startswith(b"/v1/kv/") or b"#" in target or any(byte <= 0x20 or byte == 0x7F for byte in target):
-        return None  # a fragment is not a key's: aiohttp's URL parsing decides what it is
+    if not _TARGET.fullmatch(target):
+        return None
     query = _query(target.partition(b"?")[2])
     if query is None:
         return None
@@ -118,16 +151,16 @@ def parse_head(head: bytes, limits: RequestDefaults) -> _Head | None:
         if len(line) > limits.request_header_bytes_max:
             return None
         name, sep, raw_value = line.partition(b":")
-        if not sep or not name or not _TOKEN_BYTES.issuperset(name):
+        if not sep or not _TOKEN.fullmatch(name):
             return None  # also obs-fold: a continuation line starts with a space
         value = raw_value.strip(b" \t")
-        if any((byte < 0x20 and byte != 0x09) or byte == 0x7F for byte in value):
-            return None
+        if _CONTROL.search(value):
+            return None  # a bare LF too: aiohttp refuses it
         text_name = name.decode().lower()
+        if text_name in headers or text_name in _AIOHTTP_HEADERS:
+            return None  # any repeated header: aiohttp refuses some, llhttp combines others
         text_value = value.decode()
-        if text_name in _AIOHTTP_HEADERS:
-            if text_name != "content-length" or content_length is not None:
-                return None
+        if text_name == "content-length":
             # More digits than the limit has is over it (and int() refuses over 4,300 digits).
             if not value.isdigit() or len(value) > len(str(limits.value_bytes_max)):
                 return None
@@ -140,7 +173,7 @@ def parse_head(head: bytes, limits: RequestDefaults) -> _Head | None:
                 return None
             keep_alive = token == "keep-alive"
         headers.add(text_name, text_value)
-    if len(headers.getall("host", ())) != 1:
+    if "host" not in headers:
         return None  # RFC 9112 §3.2: exactly one Host, or aiohttp's 400
     if parts[0] == b"GET" and content_length:
         return None  # a read with a body: aiohttp reads and ignores it
@@ -217,10 +250,10 @@ class ClientEdge:
             return
         idle_since = time.monotonic() - self.limits.client_idle_timeout_s
         for connection in list(self.connections):
-            if connection.task is None and connection.last_received < idle_since:
+            if connection.task is None and connection.last_active < idle_since:
                 connection.close()
-        if self.connections:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s, self._sweep)
+        # Rescheduled even with no connection: one may be between __call__ and connection_made.
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s, self._sweep)
 
     async def close(self, timeout_s: float) -> None:
         """Stop taking requests; let those in flight answer for up to `timeout_s`, then close."""
@@ -249,7 +282,12 @@ class _Connection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False  # the transport's buffer is past its high-water mark
         self.eof = False  # the client half-closed: answer what is complete, then close
-        self.last_received = time.monotonic()
+        # The last byte received or answer written: idleness counts from the later (aiohttp's).
+        self.last_active = time.monotonic()
+        # The first request's head once parsed (its end offset), while its body is still coming,
+        # and where the search for the end of a head resumes: each byte is looked at once.
+        self.head: tuple[_Head, int] | None = None
+        self.scanned = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -262,7 +300,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self.last_received = time.monotonic()
+        self.last_active = time.monotonic()
         if self.task is None:
             self._next()
         self._flow()
@@ -305,25 +343,37 @@ class _Connection(asyncio.Protocol):
         if self.edge.closing:
             self.close()
             return
-        if self.transport is None or self.writing_paused:
+        if self.transport is None or self.writing_paused or self.task is not None:
             return
-        end = self.buffer.find(b"\r\n\r\n", 0, self.edge.limits.edge_head_bytes_max)
-        if end < 0:
-            if len(self.buffer) >= self.edge.limits.edge_head_bytes_max:
+        buffer = self.buffer
+        if self.head is None:
+            if not could_be_fast(bytes(buffer[:16])):
+                self._hand_off()  # aiohttp answers a foreign head at once (a 400, or a route)
+                return
+            limit = self.edge.limits.edge_head_bytes_max
+            end = buffer.find(b"\r\n\r\n", max(self.scanned - 3, 0), limit)
+            if end < 0:
+                if _bare_line_feed(buffer, max(self.scanned - 1, 0)):
+                    self._hand_off()  # lines ended by LF alone: aiohttp refuses them at once
+                    return
+                self.scanned = len(buffer)
+                if len(buffer) >= limit:
+                    self._hand_off()
+                elif self.eof:
+                    self.close()  # nothing more will come: an incomplete head is never answered
+                return
+            head = parse_head(bytes(buffer[:end]), self.edge.limits)
+            if head is None:
                 self._hand_off()
-            elif self.eof:
-                self.close()  # nothing more will come: an incomplete head is never answered
-            return
-        head = parse_head(bytes(self.buffer[:end]), self.edge.limits)
-        if head is None:
-            self._hand_off()
-            return
+                return
+            self.head = (head, end)
+        head, end = self.head
         size = end + 4 + (head.content_length or 0)
-        if len(self.buffer) < size:
+        if len(buffer) < size:
             if self.eof:
                 self.close()
             return  # the body is still coming
-        body = bytes(self.buffer[end + 4 : size])
+        body = bytes(buffer[end + 4 : size])
         self.task = asyncio.get_running_loop().create_task(self._answer(head, body, size))
 
     async def _answer(self, head: _Head, body: bytes, size: int) -> None:
@@ -347,6 +397,7 @@ class _Connection(asyncio.Protocol):
             self._hand_off()
             return
         del self.buffer[:size]
+        self.head, self.scanned = None, 0
         edge.fast_requests += 1
         close = not head.keep_alive
         accept = head.headers.get("Accept")
@@ -367,6 +418,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport.write(render(status, headers, payload, edge.clock.date(), close))
+        self.last_active = time.monotonic()
         if close:
             self.transport.close()
             return

@@ -6,6 +6,7 @@ what only a raw socket shows: pipelining, hand-off in the middle of a connection
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from test_http_api import FakeCoordinator
 
 from cluster.limits import REQUEST_DEFAULTS
 from node.http import build_client_app
+from node.http import edge as edge_module
 from node.http.edge import ClientEdge, parse_head
 
 LIMITS = REQUEST_DEFAULTS
@@ -60,6 +62,11 @@ def test_a_plain_write_is_taken() -> None:
         PLAIN.replace(b"consistency=quorum", b"consistency=%71uorum"),  # needs decoding
         PLAIN.replace(b"consistency=quorum", b"consistency"),
         PLAIN.replace(b"consistency=quorum", b"a=1&&b=2"),
+        PLAIN + b"\r\nContent-Type: text/plain\r\nContent-Type: application/json",  # aiohttp's 400
+        PLAIN + b"\r\nConnection: close\r\nConnection: keep-alive",  # llhttp combines them
+        PLAIN + b"\r\nContent-Encoding: gzip",  # aiohttp decodes the body
+        PLAIN + b"\r\nProxy-Connection: close",
+        PLAIN + b"\r\nX: a\nb",
         PLAIN.replace(b"Content-Length: 1", b"Content-Length: " + b"0" * 15 + b"1"),
         PLAIN + b"\r\nX: y" * LIMITS.request_headers_max,
         PLAIN + b"\r\nX: " + b"y" * LIMITS.request_header_bytes_max,
@@ -262,4 +269,67 @@ async def test_answers_that_do_not_drain_stop_the_reading(edge: tuple[EdgeTestSe
         await asyncio.sleep(0.005)
     assert all(answer.startswith(b"HTTP/1.1 204 ") for answer in transport.written)
     assert [w.key for w in fake.writes] == [b"a", b"b"] and transport.reading
+    connection.connection_lost(None)
+
+
+async def test_a_head_that_cannot_be_fast_goes_to_aiohttp_before_it_is_complete(
+    edge: tuple[EdgeTestServer, FakeCoordinator],
+) -> None:
+    server, _ = edge
+    for sent in (b"GET /health HTTP/1.1\nHost: x\n\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(sent)  # no CRLF CRLF ever comes: aiohttp answers it at once, not the idle sweep
+        status = (await asyncio.wait_for(reader.readline(), 5)).split(b" ")
+        assert status[0].startswith(b"HTTP/1.") and status[1] == b"400", sent
+        writer.close()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"PUT /v1/kv/default/k HTTP/1.1\nHost: x\n")  # a fast-path prefix, bare LFs
+    assert (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1] == b"400"
+    writer.close()
+    assert counters(server).handed_off == 3
+
+
+async def test_a_body_trickling_in_does_not_parse_its_head_again(
+    edge: tuple[EdgeTestServer, FakeCoordinator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, fake = edge
+    parsed = []
+    monkeypatch.setattr(edge_module, "parse_head", lambda head, limits: parsed.append(head) or parse_head(head, limits))
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    request = put("k", b"v" * 200)
+    for at in range(0, len(request), 7):  # the head and the body a few bytes at a time
+        writer.write(request[at : at + 7])
+        await writer.drain()
+        await asyncio.sleep(0)
+    assert (await read_response(reader))[0] == 204
+    assert len(parsed) == 1 and fake.writes[0].value == b"v" * 200
+    writer.close()
+
+
+async def test_idleness_counts_from_the_answer_not_only_from_the_request(
+    edge: tuple[EdgeTestServer, FakeCoordinator],
+) -> None:
+    server, fake = edge
+    gate = asyncio.Event()
+    original = fake.put
+
+    async def held_put(req):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await original(req)
+
+    fake.put = held_put  # type: ignore[method-assign]
+    connection, transport = counters(server)(), FakeTransport()
+    connection.connection_made(transport)
+    connection.data_received(put("k", b"v"))
+    received = connection.last_active
+    deadline = asyncio.get_running_loop().time() + 5
+    while connection.task is None or time.monotonic() <= received:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.001)
+    released = time.monotonic()
+    gate.set()
+    while not transport.written:
+        assert asyncio.get_running_loop().time() < deadline, "the write was not answered"
+        await asyncio.sleep(0.005)
+    assert connection.last_active >= released > received  # a long request does not count as idle
     connection.connection_lost(None)
