@@ -15,6 +15,7 @@ from edge_server import EdgeTestServer
 from test_http_api import FakeCoordinator
 
 from cluster.limits import REQUEST_DEFAULTS
+from cluster.requests import WriteOutcome, WriteRequest
 from node.http import build_client_app
 from node.http import edge as edge_module
 from node.http.edge import ClientEdge, parse_head
@@ -109,6 +110,19 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return int(lines[0].split(" ")[1]), headers, body
 
 
+def hold_writes(fake: FakeCoordinator) -> asyncio.Event:
+    """Writes wait at the coordinator until the returned event is set."""
+    gate = asyncio.Event()
+    original = fake.put
+
+    async def held_put(req: WriteRequest) -> WriteOutcome:
+        await gate.wait()
+        return await original(req)
+
+    fake.put = held_put  # type: ignore[method-assign]
+    return gate
+
+
 def counters(server: EdgeTestServer) -> ClientEdge:
     assert server.edge is not None
     return server.edge
@@ -198,14 +212,7 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
 
 async def test_closing_lets_the_write_in_flight_answer(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
     server, fake = edge
-    gate = asyncio.Event()
-    original = fake.put
-
-    async def held_put(req):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return await original(req)
-
-    fake.put = held_put  # type: ignore[method-assign]
+    gate = hold_writes(fake)
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(put("k", b"v"))
     deadline = asyncio.get_running_loop().time() + 5
@@ -310,14 +317,7 @@ async def test_idleness_counts_from_the_answer_not_only_from_the_request(
     edge: tuple[EdgeTestServer, FakeCoordinator],
 ) -> None:
     server, fake = edge
-    gate = asyncio.Event()
-    original = fake.put
-
-    async def held_put(req):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return await original(req)
-
-    fake.put = held_put  # type: ignore[method-assign]
+    gate = hold_writes(fake)
     connection, transport = counters(server)(), FakeTransport()
     connection.connection_made(transport)
     connection.data_received(put("k", b"v"))
