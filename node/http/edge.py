@@ -237,6 +237,7 @@ class ClientEdge:
         self.handed_off = 0
         self._sweep_s = max(self.limits.client_idle_timeout_s / 4, 0.05)
         self._sweeper: asyncio.TimerHandle | None = None
+        self.metrics.watch_edge(lambda: (self.fast_requests, self.handed_off))
 
     def __call__(self) -> "_Connection":
         if self._sweeper is None:

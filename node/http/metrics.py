@@ -54,6 +54,11 @@ class HttpMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def watch_edge(self, source: Callable[[], tuple[int, int]]) -> None:
+        """Export how many requests the client port's fast path answered, and how many
+        connections it handed to aiohttp (node/http/edge.py): (answered, handed off)."""
+        self.registry.register(EdgeCollector(source))
+
     def watch_repair(self, source: "RepairStatus") -> None:
         """Export hinted handoff and anti-entropy progress (node/runtime.py repair_status)."""
         self.registry.register(RepairCollector(source))
@@ -87,6 +92,20 @@ def metrics_middleware(metrics: HttpMetrics, inner: Middleware | None = None) ->
             )
 
     return middleware
+
+
+class EdgeCollector(Collector):
+    def __init__(self, source: Callable[[], tuple[int, int]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        answered, handed_off = self.source()
+        yield CounterMetricFamily(
+            "titra_http_fast_path_requests", "Client requests answered by the client port's own HTTP path.", answered
+        )
+        yield CounterMetricFamily(
+            "titra_http_handed_off_connections", "Client connections the fast path handed to aiohttp.", handed_off
+        )
 
 
 # --- repair: hinted handoff and anti-entropy, read from the runtime at scrape time ------------------

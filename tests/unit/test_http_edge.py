@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 from edge_server import EdgeTestServer
+from prometheus_client.parser import text_string_to_metric_families
 from test_http_api import FakeCoordinator
 
 from cluster.limits import REQUEST_DEFAULTS
@@ -333,3 +334,19 @@ async def test_idleness_counts_from_the_answer_not_only_from_the_request(
         await asyncio.sleep(0.005)
     assert connection.last_active >= released > received  # a long request does not count as idle
     connection.connection_lost(None)
+
+
+async def test_metrics_count_the_fast_path_and_the_hand_offs(edge: tuple[EdgeTestServer, FakeCoordinator]) -> None:
+    server, _ = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(put("k", b"v"))
+    assert (await read_response(reader))[0] == 204
+    writer.close()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")  # not a KV route: aiohttp's
+    status, _, body = await read_response(reader)
+    writer.close()
+    assert status == 200
+    samples = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert samples["titra_http_fast_path_requests_total"] == 1.0
+    assert samples["titra_http_handed_off_connections_total"] == 1.0
