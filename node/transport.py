@@ -160,7 +160,8 @@ class PeerTransport:
         peer = self._peers.get(node_id)
         if peer is None:
             raise UnknownPeerError(node_id)
-        packed: bytes = msgpack.packb(encode(message), use_bin_type=True)
+        # One Packer reused (the event loop's thread only) instead of packb's new one per message.
+        packed: bytes = _PACKER.pack(encode(message))
         if len(packed) + _ARRAY_HEADER_BYTES_MAX > self._defaults.frame_bytes_max:
             # limits.py asserts frame_bytes_max covers the largest value twice over, so this is a
             # bug upstream; the receiver would refuse the frame and drop the whole connection.
