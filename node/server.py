@@ -170,7 +170,7 @@ async def serve(config: NodeConfig) -> None:
     client_runner = web.AppRunner(client_app, access_log=None, **aiohttp_limits(REQUEST_DEFAULTS))
     await client_runner.setup()
     assert client_runner.server is not None
-    # The client port: the edge's fast path for plain KV writes, aiohttp for everything else.
+    # The client port: the edge's fast path for plain KV reads and writes, aiohttp for the rest.
     edge = ClientEdge(client_app, client_runner.server)
     client_server: asyncio.Server | None = None
     stop = asyncio.Event()

@@ -19,7 +19,7 @@ How (rules):
   produce an error of its own about HTTP syntax, and nothing it accepts differs from aiohttp.
 - The request itself is the aiohttp route's own code: the same parsers (`parse.parse_write`,
   `parse.parse_read`), the same coordination and receipt (`ClientApi.coordinate_write`,
-  `coordinate_read`), the same error bodies (`errors.error_body`) and the same metrics series.
+  `coordinate_read`), the same error bodies (`errors.error_parts`) and the same metrics series.
 - One request at a time per connection: pipelined requests wait in the buffer and are answered
   in order. The socket stops being read while the buffer holds more than one maximal request
   or while answers are not drained (a client that sends but does not read), as aiohttp's
@@ -30,6 +30,7 @@ How (rules):
 """
 
 import asyncio
+import functools
 import http
 import logging
 import re
@@ -45,7 +46,7 @@ from cluster.limits import RequestDefaults
 from cluster.requests import ReadRequest, WriteRequest
 from node.http import parse
 from node.http.app import API_KEY, METRICS_KEY, ClientApi
-from node.http.errors import HttpError, error_body
+from node.http.errors import HttpError, error_parts, internal_error
 from node.http.metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,14 @@ class _Clock:
         return self._value
 
 
+@functools.cache
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())
+
+
 def render(status: int, headers: dict[str, str], body: bytes, date: bytes, close: bool) -> bytes:
     """One HTTP/1.1 response, as aiohttp would frame it: no Content-Length on a 204."""
-    out = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
+    out = [_status_line(status)]
     for name, value in headers.items():
         out.append(b"%s: %s\r\n" % (name.encode(), value.encode()))
     if status != 204:
@@ -408,12 +414,10 @@ class _Connection(asyncio.Protocol):
             else:
                 status, headers, payload = await edge.api.coordinate_read(request, accept)
         except HttpError as error:
-            media, payload = error_body(error, accept)
-            status, headers = error.status, {**error.headers, "Content-Type": media}
+            status, headers, payload = error_parts(error, accept)
         except Exception:
             log.exception("unexpected error serving %s %s", head.method, head.raw_path)
-            media, payload = error_body(HttpError("internal", "internal error; the node logged it"), accept)
-            status, headers = 500, {"Content-Type": media}
+            status, headers, payload = error_parts(internal_error(), accept)
         edge.metrics.observe(KEY_ROUTE_LABEL, head.method, status, request.level, time.perf_counter() - started)
         self.task = None
         if self.transport is None:

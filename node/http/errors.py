@@ -137,17 +137,23 @@ def structured_response(
     return web.Response(status=status, body=encode_structured(body, media), headers=out)
 
 
-def error_body(error: HttpError, accept: str | None) -> tuple[str, bytes]:
-    """An error's media type and body, for the client that sent `accept`."""
+def error_parts(error: HttpError, accept: str | None) -> tuple[int, dict[str, str], bytes]:
+    """An error's status, headers and body, for the client that sent `accept` (both front doors
+    of the client port render errors through here)."""
     media = negotiate(accept, (JSON, MSGPACK))
     body: dict[str, object] = {"error": {"code": error.code, "message": error.message}}
     body.update(error.extra)
-    return media, encode_structured(body, media)
+    return error.status, {**error.headers, "Content-Type": media}, encode_structured(body, media)
+
+
+def internal_error() -> HttpError:
+    """What a client sees of an exception nobody expected (the node logs the exception itself)."""
+    return HttpError("internal", "internal error; the node logged it")
 
 
 def error_response(request: web.Request, error: HttpError) -> web.Response:
-    media, body = error_body(error, request.headers.get("Accept"))
-    response = web.Response(status=error.status, body=body, headers={**error.headers, "Content-Type": media})
+    status, headers, body = error_parts(error, request.headers.get("Accept"))
+    response = web.Response(status=status, body=body, headers=headers)
     if error.status == 413:
         # The body was not read; closing is cheaper than keeping a connection whose next
         # request would start in the middle of an unread body.
@@ -177,7 +183,7 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except Exception:
         # Nothing the client sent should get here (tests/unit/test_http_api.py tries); log it.
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return error_response(request, HttpError("internal", "internal error; the node logged it"))
+        return error_response(request, internal_error())
 
 
 error_middleware = web.middleware(answer_errors)
