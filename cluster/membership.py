@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cluster.failure_detector import PhiAccrualDetector
+from cluster.failure_detector import Liveness, PhiAccrualDetector
 from cluster.limits import MEMBERSHIP_DEFAULTS, MembershipDefaults
 from cluster.messages import GossipAck, GossipEntry, GossipSyn, Message
 from cluster.rounds import Send
@@ -179,7 +179,7 @@ class Membership:
             return MemberStatus.ALIVE
         liveness = self.detector.liveness(node_id, now_ms)
         assert liveness is not None, "every member but this node is watched"
-        return MemberStatus(liveness.value)
+        return _STATUS_OF_LIVENESS[liveness]
 
     def is_down(self, node_id: str, now_ms: int) -> bool:
         return self.status_of(node_id, now_ms) in (MemberStatus.DOWN, MemberStatus.LEFT)
@@ -262,3 +262,7 @@ class Membership:
         self.me.incarnation = entry.incarnation + 1
         self.me.heartbeat = 0
         return [PersistIncarnation(self.me.incarnation)]
+
+
+# A member's status from the detector's judgement (same values), without an Enum call per query.
+_STATUS_OF_LIVENESS = {liveness: MemberStatus(liveness.value) for liveness in Liveness}

@@ -145,11 +145,11 @@ class Replica:
         `encoded`, when given, is `clock`'s encoding (saves encoding it again)."""
         if clock is None:
             self._forget(skey)
-            await self.store.delete(skey, Durability(durability))
+            await self.store.delete(skey, _durability(durability))
         else:
             encoded = encoded or encode_clock(clock)
             self._remember(skey, encoded, clock)
-            await self.store.put(skey, encoded, STORED_CONTENT_TYPE, record_meta(clock), Durability(durability))
+            await self.store.put(skey, encoded, STORED_CONTENT_TYPE, record_meta(clock), _durability(durability))
         for listener in self.save_listeners:
             listener(skey, clock, encoded)
         return encoded
@@ -283,3 +283,13 @@ class Replica:
             if page.cursor is None:
                 return keys, True
             cursor = page.cursor
+
+
+# By value: a dict lookup instead of an Enum call per stored write; an unknown value still goes
+# through the call, for its ValueError naming it.
+_DURABILITIES = {member.value: member for member in Durability}
+
+
+def _durability(value: str) -> Durability:
+    found = _DURABILITIES.get(value)
+    return found if found is not None else Durability(value)

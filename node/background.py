@@ -8,12 +8,20 @@ from collections.abc import Coroutine
 from typing import Any
 
 
-def spawn(tasks: set["asyncio.Task[None]"], work: Coroutine[Any, Any, None], log: logging.Logger, what: str) -> None:
+def spawn(
+    tasks: set["asyncio.Task[None]"],
+    work: Coroutine[Any, Any, None],
+    log: logging.Logger,
+    what: str,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
     """Run `work` as a task held in `tasks` (so close() can cancel it) until it finishes.
+    `loop`: the running loop, when the caller has it cached (asyncio.get_running_loop() is a
+    getpid(2) system call on CPython 3.11).
 
     The error is logged from a done callback rather than by a wrapping coroutine: a replica
     spawns one of these per replicated write, and the extra frame showed in profiles."""
-    task = asyncio.get_running_loop().create_task(work)
+    task = (loop or asyncio.get_running_loop()).create_task(work)
     tasks.add(task)
     task.add_done_callback(functools.partial(_finished, tasks, log, what))
 

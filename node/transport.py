@@ -113,6 +113,9 @@ class PeerTransport:
         self._server: asyncio.Server | None = None
         self._started = False
         self._closed = False
+        # The loop that send() schedules flushes on, cached: on CPython 3.11 every
+        # asyncio.get_running_loop() is a getpid(2) system call, and send() runs per message.
+        self._loop: asyncio.AbstractEventLoop | None = None
         if len(self._upgrade_request("h" * _ADDRESS_BYTES_MAX)) > defaults.handshake_head_bytes_max:
             raise ValueError("the cluster secret is too long for the peer handshake")
 
@@ -153,7 +156,9 @@ class PeerTransport:
             await server.wait_closed()
 
     def send(self, node_id: str, message: Message) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         if node_id == self.node_id:
             loop.call_soon(self._on_message, node_id, message)
             return

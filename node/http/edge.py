@@ -295,6 +295,7 @@ class _Connection(asyncio.Protocol):
         # and where the search for the end of a head resumes: each byte is looked at once.
         self.head: tuple[_Head, int] | None = None
         self.scanned = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once a request came
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -381,7 +382,10 @@ class _Connection(asyncio.Protocol):
                 self.close()
             return  # the body is still coming
         body = bytes(buffer[end + 4 : size])
-        self.task = asyncio.get_running_loop().create_task(self._answer(head, body, size))
+        loop = self.loop
+        if loop is None:  # cached: asyncio.get_running_loop() is a getpid(2) call on CPython 3.11
+            loop = self.loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._answer(head, body, size))
 
     async def _answer(self, head: _Head, body: bytes, size: int) -> None:
         edge = self.edge

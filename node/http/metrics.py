@@ -9,12 +9,13 @@ level that passed validation.
 """
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -32,27 +33,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class HttpMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("titra_http_requests", "Client API requests answered.", _LABELS, registry=self.registry)
-        self.latency = Histogram(
-            "titra_http_request_duration_seconds",
-            "Client API request latency, from routing to the response being ready.",
-            _LABELS,
-            buckets=_LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
-        # Label values -> (counter child, histogram child): prometheus-client's `labels()` checks
-        # and joins the values on every call, a visible share of a request's CPU. The label
-        # values are bounded (module docstring), so this holds at most as many as the registry.
-        self._children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
+        # Label values -> [requests, latency sum, one count per bucket (not cumulative)]. Plain
+        # numbers, exported at scrape time by RequestCollector: prometheus-client's Counter and
+        # Histogram take a lock per increment and walk the buckets in Python, a visible share
+        # of a write's CPU on the event loop, which is the only thread that counts here.
+        # The label values are bounded (module docstring), so this holds a bounded set of series.
+        self.series: dict[tuple[str, str, int, str], list[float]] = {}
+        self.registry.register(RequestCollector(self.series))
 
     def observe(self, route: str, method: str, status: int, level: str, seconds: float) -> None:
         key = (route, method if method in _METHODS else "OTHER", status, level)
-        children = self._children.get(key)
-        if children is None:
-            labels = (key[0], key[1], str(status), level)
-            children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
-        children[0].inc()
-        children[1].observe(seconds)
+        row = self.series.get(key)
+        if row is None:
+            row = self.series[key] = [0.0] * (2 + len(_LATENCY_BUCKETS_S) + 1)
+        row[0] += 1
+        row[1] += seconds
+        # Bucket i counts observations <= its bound (Prometheus' `le`), the last one +Inf.
+        row[2 + bisect_left(_LATENCY_BUCKETS_S, seconds)] += 1
 
     def watch_edge(self, source: Callable[[], tuple[int, int]]) -> None:
         """Export how many requests the client port's fast path answered, and how many
@@ -92,6 +89,35 @@ def metrics_middleware(metrics: HttpMetrics, inner: Middleware | None = None) ->
             )
 
     return middleware
+
+
+class RequestCollector(Collector):
+    """titra_http_requests_total and titra_http_request_duration_seconds, from HttpMetrics.series."""
+
+    def __init__(self, series: dict[tuple[str, str, int, str], list[float]]) -> None:
+        self.series = series
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily("titra_http_requests", "Client API requests answered.", labels=_LABELS)
+        latency = HistogramMetricFamily(
+            "titra_http_request_duration_seconds",
+            "Client API request latency, from routing to the response being ready.",
+            labels=_LABELS,
+        )
+        for (route, method, status, level), row in list(self.series.items()):
+            labels = [route, method, str(status), level]
+            requests.add_metric(labels, row[0])
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*_LATENCY_BUCKETS_S, float("inf")), row[2:], strict=True):
+                cumulative += count
+                buckets.append((_bucket_label(bound), cumulative))
+            latency.add_metric(labels, buckets, row[1])
+        yield requests
+        yield latency
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class EdgeCollector(Collector):
