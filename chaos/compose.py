@@ -14,9 +14,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cluster.frozen import frozen
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAOS_COMPOSE_FILE = "docker-compose.chaos.yml"
@@ -103,7 +104,7 @@ def send_json(method: str, url: str, body: object, timeout_s: float = HTTP_TIMEO
         return 0, f"{type(error).__name__}: {error}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Cluster:
     project: str = "titra"  # docker/up.sh's default project
     nodes: int = 3

@@ -9,14 +9,16 @@ event per line, in the order the recorder saw them.
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Literal
+
+from cluster.frozen import frozen
 
 EventType = Literal["invoke", "ok", "fail", "info", "nemesis"]
 Outcome = Literal["ok", "fail", "info"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Event:
     type: EventType
     process: int  # the client (session) that issued it; -1 for the nemesis
@@ -31,7 +33,7 @@ class Event:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Operation:
     """An invoke paired with its completion. `complete_ns` is None when the run ended first
     (treated as unknown)."""

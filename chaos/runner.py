@@ -18,7 +18,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from chaos.summary import Run, RunParams
 from chaos.verdict import CheckResult
 from chaos.workload import Recorder, Target, final_read_sets
 from cluster.context import scoped_key
+from cluster.frozen import frozen
 from cluster.ring import Ring
 
 FINAL_READ_PROCESS = 1_000  # processes of the final reads: past any workload session
@@ -66,7 +67,7 @@ def promised(checker: str, level: str, nemesis: str) -> bool:
     return checker == "convergence"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunConfig:
     level: str = "quorum"
     workload: str = "set"
@@ -91,7 +92,7 @@ class RunConfig:
     build: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunResult:
     run: Run
     run_dir: Path
@@ -138,7 +139,7 @@ def create_keyspace(cluster: Cluster, name: str, n: int, resolution: str) -> Non
         raise DockerError(f"{error}; last answer: {answers[-1:]}") from error
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Placement:
     """Where a keyspace's keys live: enough to compute every key's preference list (cluster.ring)."""
 

@@ -13,8 +13,10 @@ node that sees both halves, and `majorities-ring`, where every node sees a major
 nodes see the same one. A partition is kept as the set of cut links (unordered node pairs).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
+
+from cluster.frozen import frozen
 
 PARTITION_SHAPES = ("isolate-one", "halves", "bridge", "majorities-ring")
 NEMESES = ("none", *(f"partition-{shape}" for shape in PARTITION_SHAPES), "kill", "pause", "netem")
@@ -54,7 +56,7 @@ class Rng:
         return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Fault:
     kind: Literal["partition", "kill", "pause", "netem"]
     name: str  # the nemesis name, e.g. "partition-halves"
@@ -82,7 +84,7 @@ class Fault:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Step:
     at_s: float  # seconds from the start of the run
     action: Literal["start", "stop"]

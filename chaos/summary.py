@@ -14,11 +14,12 @@ Numbers that only a checker can know are read from its `CheckResult.counts`, und
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, TypedDict
 
 from chaos.history import Event, Operation, nemesis_windows, operations
 from chaos.verdict import CheckResult
+from cluster.frozen import frozen
 
 Window = tuple[int, int | None, Any]  # (start_ns, stop_ns or None if never healed, description)
 
@@ -39,7 +40,7 @@ NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunParams:
     run_id: str
     level: str  # consistency level every client operation asked for
@@ -52,7 +53,7 @@ class RunParams:
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the runner wants shown
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Run:
     params: RunParams
     events: list[Event]
@@ -60,7 +61,7 @@ class Run:
     convergence_snapshots_meta: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThroughputBucket:
     start_ms: int
     ok: int
@@ -68,7 +69,7 @@ class ThroughputBucket:
     info: int  # unknown outcome (Jepsen's indeterminate): neither counted as done nor as not done
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LatencyBucket:
     start_ms: int
     count: int  # ops with a definite outcome that completed in this bucket
@@ -76,7 +77,7 @@ class LatencyBucket:
     p99_ms: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Availability:
     during_ok: int
     during_total: int
@@ -108,13 +109,13 @@ class LevelVerdict(TypedDict):
     checks: dict[str, str]  # checker -> verdict word (CheckResult.verdict)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MatrixCell:
     run_id: str
     verdict: LevelVerdict
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MatrixRow:
     level: str
     cells: dict[str, MatrixCell]  # nemesis -> the run of this level under that nemesis

@@ -8,8 +8,9 @@ so a reader (and a test) can line faults up against their effect.
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from html import escape
+
+from cluster.frozen import frozen
 
 FAULT_FILL = "#d32f2f"
 TIMELINE_ROWS_MAX = 40  # windows past this share one last row, so the chart stays one screen tall
@@ -19,7 +20,7 @@ LABEL_CHARS_MAX = 34  # longer fault labels are cut in the chart; the full text 
 Span = tuple[float, float | None]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Frame:
     """Pixel geometry of one chart: the plot area is the box inside the margins."""
 
@@ -46,7 +47,7 @@ class Frame:
         return self.left + self.plot_width * min(max(t_s, 0.0), end_s) / end_s
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LineSeries:
     name: str
     color: str

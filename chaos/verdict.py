@@ -6,11 +6,13 @@ Pure. `valid` is True (the property held), False (violated: `examples` show how)
 promise is reported as expected, not hidden (e.g. `quorum` is not linearizable).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from cluster.frozen import frozen
 
-@dataclass(frozen=True, slots=True)
+
+@frozen
 class CheckResult:
     checker: str  # "set" | "convergence" | "session" | "linearizable" | ...
     valid: bool | None

@@ -23,7 +23,7 @@ import json
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +31,7 @@ import aiohttp
 
 from chaos.history import Event, Outcome
 from chaos.schedule import Rng
+from cluster.frozen import frozen
 
 WORKLOADS = ("set", "register", "session")
 RECEIPT_PREFIX = "titra-"
@@ -64,7 +65,7 @@ class Recorder:
         return self._op_ids[process]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reply:
     outcome: Outcome
     status: int  # 0 when no HTTP answer came back
@@ -158,7 +159,7 @@ def _value(raw: bytes) -> Any:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Target:
     """Where and how a workload talks: node id -> base URL, keyspace, level."""
 
@@ -215,7 +216,7 @@ class Client:
         return await self._op("read", node, key, None, "GET", None)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Pace:
     deadline_ns: int  # in recorder time
     ops_max: int  # per session

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cluster.context import scoped_key
+from cluster.frozen import frozen
 from cluster.limits import ANTI_ENTROPY_DEFAULTS, AntiEntropyDefaults
 from cluster.merkle import MerkleIndex, clock_digest, descendants, diff_entries, keyspace_of
 from cluster.messages import AeHashes, AeHashesReply, AeKeys, AeKeysReply, AeRoots, AeRootsReply, Message
@@ -35,7 +36,7 @@ from cluster.rounds import Send
 from cluster.tombstones import TombstoneTracker
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Push:
     """Read these keys' stored clocks and send each to `to` as ReplicaMerge(0, ...)."""
 
@@ -44,7 +45,7 @@ class Push:
     keys: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Purge:
     """Delete the key if its stored clock still has this digest (Replica.purge)."""
 
@@ -187,7 +188,9 @@ class AntiEntropy:
         if encoded is not None:
             digest = clock_digest(encoded)
         range_index = self._index.update(skey, digest)
-        self._tombstones.observe(skey, digest, deleted_ms, (keyspace_of(skey), range_index))
+        # Most saves are of live values to keys that are not tombstone candidates: nothing to tell.
+        if deleted_ms is not None or skey in self._tombstones.candidates:
+            self._tombstones.observe(skey, digest, deleted_ms, (keyspace_of(skey), range_index))
 
     @property
     def pending_saves(self) -> int:

@@ -43,6 +43,7 @@ import aiohttp
 from cluster import bench_etcd, bench_report, bench_wrk, local
 from cluster.bench_report import Measured, Point
 from cluster.client import AsyncClient, TitraError
+from cluster.frozen import frozen
 from cluster.limits import BENCH_DEFAULTS, CLIENT_DEFAULTS, BenchDefaults
 
 KEYSPACE = "bench"
@@ -58,7 +59,7 @@ class BenchError(Exception):
     """The benchmark could not run; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class System:
     """One cluster under load: where its nodes listen, and which processes serve them."""
 

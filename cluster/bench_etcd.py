@@ -18,10 +18,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.bench_wrk import Request
+from cluster.frozen import frozen
 from cluster.limits import BENCH_DEFAULTS, BenchDefaults
 
 ETCD = "etcd"
@@ -38,7 +38,7 @@ class EtcdError(Exception):
     """The etcd cluster could not be started or asked; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Member:
     name: str
     client_port: int

@@ -4,13 +4,14 @@ a table. Pure but for `cpu_seconds`, `filesystem_of` and `loadavg`, which read /
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from cluster.bench_wrk import WrkReport
+from cluster.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Measured:
     """One system at one data point."""
 
@@ -27,7 +28,7 @@ class Measured:
     cpu_cores: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Point:
     """Titra at one (op, level, clients) beside the etcd request it is compared with."""
 

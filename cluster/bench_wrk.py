@@ -13,8 +13,9 @@ The scripts and the parsing are pure; `run_concurrently` is the only part that s
 import re
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from cluster.frozen import frozen
 
 WRK = "wrk"
 LOAD_SPREAD = (
@@ -28,7 +29,7 @@ class WrkError(Exception):
     """wrk could not run, or printed a report this module cannot read."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Request:
     """One request the script may send; `body` None sends none."""
 
@@ -37,7 +38,7 @@ class Request:
     body: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WrkReport:
     """What one wrk process measured."""
 
@@ -54,7 +55,7 @@ class WrkReport:
         return self.non_2xx_3xx + self.socket_errors
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Target:
     """One wrk process: its host and its share of the connections."""
 

@@ -9,18 +9,18 @@ written), 504 is `OutcomeUnknown` (maybe written; Jepsen's indeterminate operati
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 from urllib.parse import quote
 
+from cluster.frozen import frozen
 from cluster.limits import CLOCK_DEFAULTS
 
 Key = str | bytes
 OCTET_STREAM = "application/octet-stream"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Receipt:
     """The consistency receipt a KV response carries in its headers (docs/api.md, "Headers")."""
 
@@ -48,7 +48,7 @@ class Receipt:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sibling:
     value: bytes
     content_type: str
@@ -59,7 +59,7 @@ class SiblingsPresent(ValueError):
     """`GetResult.value` on a key with concurrent values: resolve them with a write (api.md)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GetResult:
     found: bool
     siblings: tuple[Sibling, ...]  # one when the key has a single value; empty when not found
@@ -86,7 +86,7 @@ class GetResult:
         return self.receipt.context
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WriteResult:
     receipt: Receipt
     idempotency_key: str
@@ -97,13 +97,13 @@ class WriteResult:
         return self.receipt.context
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyPage:
     keys: tuple[str, ...]
     cursor: str | None  # pass it back for the next page; None on the last one
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Keyspace:
     name: str
     n: int
@@ -111,7 +111,7 @@ class Keyspace:
     created: bool  # False when it already existed with this definition
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Health:
     ok: bool
     status: int
@@ -207,7 +207,7 @@ _STATUS_ERRORS: dict[int, type[TitraError]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reply:
     """One HTTP response, read whole; `headers` must look names up case-insensitively."""
 

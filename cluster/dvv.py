@@ -24,10 +24,10 @@ Rules:
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 from typing import Generic, TypeVar
 
+from cluster.frozen import frozen
 from cluster.limits import CLOCK_DEFAULTS, ClockDefaults
 
 V = TypeVar("V")
@@ -50,7 +50,7 @@ class ClockOverflowError(ValueError):
     code = "clock_overflow"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class VersionVector:
     """A causal context: per node, how many of its events are known. Build with `of`."""
 
@@ -100,7 +100,7 @@ class VersionVector:
         return VersionVector(tuple(counters))
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@frozen(order=True)
 class Dot:
     """One event: the `counter`-th write coordinated by `node`."""
 
@@ -108,7 +108,7 @@ class Dot:
     counter: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Entry(Generic[V_co]):
     """Events `(node, 1..counter)` are known; `values` are the live ones, newest first."""
 
@@ -117,7 +117,7 @@ class Entry(Generic[V_co]):
     values: tuple[V_co, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DVVSet(Generic[V_co]):
     """One key's sibling values with their causal history, on one replica."""
 
@@ -205,7 +205,7 @@ def vector_violations(vector: VersionVector) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Write(Generic[V_co]):
     """A client's write before a coordinator gives it a dot: the value and what the client read."""
 

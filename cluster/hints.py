@@ -25,6 +25,7 @@ import msgpack
 
 from cluster.context import scoped_key
 from cluster.dvv import DVVSet
+from cluster.frozen import frozen
 from cluster.limits import HINT_DEFAULTS, HintDefaults
 from cluster.messages import HintStore, ReplicaMerge
 from cluster.requests import Level
@@ -35,7 +36,7 @@ HINTS_KEYSPACE = "_hints"
 HINT_CONTENT_TYPE = "application/vnd.titra.hint+msgpack"
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@frozen(order=True)
 class HintKey:
     target: str
     keyspace: str
@@ -71,7 +72,7 @@ def decode_hint(value: bytes) -> tuple[int, bytes]:
 # --- Planning a write --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HintPlan:
     local: tuple[str, ...] = ()  # targets whose hint the coordinator keeps
     fallbacks: tuple[tuple[str, str], ...] = ()  # (target, holder): hints sent to fallback nodes
@@ -197,7 +198,7 @@ class HintMeta:
     sent_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Replay:
     """Read the stored hint and send it to its target as HintDeliver(delivery_id, ...)."""
 
@@ -205,7 +206,7 @@ class Replay:
     hint: HintKey
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Drop:
     """Delete the stored hint if it is still at `version` (delivered, or expired)."""
 

@@ -15,8 +15,8 @@ Rules:
 - The string form has fixed-width hex fields, so strings sort exactly as their timestamps do.
 """
 
-from dataclasses import dataclass
 
+from cluster.frozen import frozen
 from cluster.limits import CLOCK_DEFAULTS, ClockDefaults
 
 # 12 hex digits of milliseconds last until the year 10889; 8 hex digits hold the logical counter.
@@ -51,7 +51,7 @@ class ClockDriftError(Exception):
         self.max_offset_ms = max_offset_ms
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@frozen(order=True)
 class Timestamp:
     """Ordered by (physical_ms, logical, node_id): the field order is the comparison order."""
 

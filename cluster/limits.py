@@ -7,13 +7,15 @@ file for users; `titra limits` prints the values in force.
 Units go last in every name (`_bytes`, `_ms`, `_s`, `_count`).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+
+from cluster.frozen import frozen
 
 KIB = 1024
 MIB = 1024 * KIB
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoreLimits:
     """Limits of one node's local store (node/storage), enforced with typed errors."""
 
@@ -33,7 +35,7 @@ class StoreLimits:
     scan_page_max: int = 1_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoreDefaults:
     """Tunable defaults of the store; every one can be overridden by `StoreConfig`."""
 
@@ -68,7 +70,7 @@ assert STORE_DEFAULTS.async_flush_interval_ms > 0
 assert STORE_DEFAULTS.lock_timeout_ms > 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClockDefaults:
     """Hybrid logical clocks (cluster.hlc) and causal contexts (cluster.dvv)."""
 
@@ -94,7 +96,7 @@ class ClockDefaults:
     decoded_clocks_bytes_max: int = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RingDefaults:
     """The consistent-hash ring (cluster.ring)."""
 
@@ -117,7 +119,7 @@ assert RING_DEFAULTS.nodes_max <= CLOCK_DEFAULTS.clock_entries_max, (
 assert 0 < RING_DEFAULTS.vnodes_per_node <= RING_DEFAULTS.vnodes_per_node_max
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestDefaults:
     """Client requests at the HTTP edge and their coordination (node/http, node/runtime)."""
 
@@ -164,7 +166,7 @@ class RequestDefaults:
     client_shutdown_s: int = 60
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeerDefaults:
     """The peer transport between nodes (node/transport)."""
 
@@ -227,7 +229,7 @@ assert (
 ), "a silent dead link must be found no later than a busy one"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClientDefaults:
     """The Python client and the `titra` command (cluster/client.py, cluster/local.py)."""
 
@@ -271,7 +273,7 @@ assert 0 < CLIENT_DEFAULTS.local_poll_interval_ms < CLIENT_DEFAULTS.local_ready_
 assert CLIENT_DEFAULTS.local_stop_timeout_ms > 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BenchDefaults:
     """`titra bench cluster`: Titra against etcd, both driven by wrk (cluster/bench_cluster.py)."""
 
@@ -319,7 +321,7 @@ assert BENCH_DEFAULTS.port_range_last + 2 * CLIENT_DEFAULTS.local_peer_port_offs
 assert 0 < BENCH_DEFAULTS.poll_interval_ms < BENCH_DEFAULTS.etcd_ready_timeout_ms
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MembershipDefaults:
     """Gossip membership and phi-accrual failure detection (cluster/membership.py, cluster/failure_detector.py)."""
 
@@ -362,7 +364,7 @@ assert MEMBERSHIP_DEFAULTS.gossip_interval_ms <= MEMBERSHIP_DEFAULTS.bootstrap_i
 assert MEMBERSHIP_DEFAULTS.bootstrap_interval_ms <= MEMBERSHIP_DEFAULTS.arrival_interval_ms_max
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AntiEntropyDefaults:
     """Anti-entropy with Merkle trees and tombstone purging (cluster/merkle.py, cluster/anti_entropy.py,
     cluster/tombstones.py); every one can be overridden per node (TITRA_AE_* environment variables)."""
@@ -406,7 +408,7 @@ class AntiEntropyDefaults:
     pending_saves_max: int = 1_024
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HintDefaults:
     """Hinted handoff (Dynamo §4.6; cluster/hints.py, node/hints.py); overridable with TITRA_HINT_*."""
 
@@ -439,7 +441,7 @@ assert 0 < HINT_DEFAULTS.replay_in_flight_max <= PEER_DEFAULTS.queue_messages_ma
 assert HINT_DEFAULTS.replay_rate_bytes_per_s > 0 and HINT_DEFAULTS.tick_ms > 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProcessDefaults:
     """How a titra-node process runs Python: its event loop and its garbage collector (node/server.py)."""
 

@@ -20,9 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.frozen import frozen
 from cluster.limits import CLIENT_DEFAULTS, ClientDefaults
 
 HOST = "127.0.0.1"
@@ -36,7 +36,7 @@ class LocalClusterError(Exception):
     """`local up` or `local down` could not do what was asked; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodePlan:
     """Where one local node listens and keeps its files."""
 
@@ -62,7 +62,7 @@ class NodePlan:
         return self.root / f"{self.node_id}.log"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stopped:
     pids: dict[str, int]  # node id -> pid sent SIGTERM
     killed: tuple[str, ...]  # node ids that needed SIGKILL after the deadline

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cluster.failure_detector import Liveness, PhiAccrualDetector
+from cluster.frozen import frozen
 from cluster.limits import MEMBERSHIP_DEFAULTS, MembershipDefaults
 from cluster.messages import GossipAck, GossipEntry, GossipSyn, Message
 from cluster.rounds import Send
@@ -54,14 +55,14 @@ class MemberStatus(enum.StrEnum):
     LEFT = "left"  # reserved for the grow/shrink work: nothing announces a departure yet
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PersistIncarnation:
     """Store this node's new incarnation durably BEFORE carrying out the effects that follow."""
 
     incarnation: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeerLearned:
     """Gossip named a node this one did not know: make it reachable (transport `add_peer`)."""
 
@@ -69,7 +70,7 @@ class PeerLearned:
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SendToAddress:
     """Gossip to a seed known only by its address (its node id is not known yet)."""
 
@@ -95,7 +96,7 @@ class Member:
         return GossipEntry(self.node_id, self.address, self.incarnation, self.heartbeat, self.left)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MemberView:
     """One member as this node sees it (for /v1/status and `titra status`)."""
 

@@ -23,6 +23,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
+from cluster.frozen import frozen
 from cluster.ring import TOKEN_SPACE, Ring, TokenRange, key_token
 
 DIGEST_BYTES = 16
@@ -55,7 +56,7 @@ def keyspace_of(skey: bytes) -> str:
     return keyspace.decode()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyDiff:
     """Our keys of some leaves against a peer's (skey -> digest)."""
 
@@ -120,9 +121,14 @@ class MerkleTree:
             delta ^= entry_hash(skey, digest)
             self.leaves.setdefault(leaf, {})[skey] = digest
             self.keys += 1
+        hashes = self.hashes
+        if self.depth <= _PATH_DEPTH_MAX:
+            for index in _path(self.depth)[leaf]:
+                hashes[index] ^= delta
+            return
         index = (1 << self.depth) - 1 + leaf
         while True:
-            self.hashes[index] ^= delta
+            hashes[index] ^= delta
             if index == 0:
                 break
             index = (index - 1) // 2
@@ -136,6 +142,27 @@ class MerkleTree:
             if bucket:
                 found.update(sorted(bucket.items()))
         return found
+
+
+_PATHS: dict[int, list[tuple[int, ...]]] = {}
+# Deeper trees (up to merkle_depth_max) walk up by arithmetic: their paths would take megabytes.
+_PATH_DEPTH_MAX = 12
+
+
+def _path(depth: int) -> list[tuple[int, ...]]:
+    """For each leaf of a tree of `depth`, the heap indices from the leaf up to the root: every
+    changed key walks one, so they are computed once per depth (2**16 leaves at most)."""
+    paths = _PATHS.get(depth)
+    if paths is None:
+        paths = []
+        for leaf in range(1 << depth):
+            index, path = (1 << depth) - 1 + leaf, [(1 << depth) - 1 + leaf]
+            while index:
+                index = (index - 1) // 2
+                path.append(index)
+            paths.append(tuple(path))
+        _PATHS[depth] = paths
+    return paths
 
 
 def descendants(position: int, levels: int) -> range:
@@ -231,8 +258,15 @@ class MerkleIndex:
 
     def update(self, skey: bytes, digest: bytes | None) -> int:
         """A write (or, with None, a delete) of `skey` on this replica; returns its range index."""
-        index, leaf = self.locate(skey)
-        where = (keyspace_of(skey), index)
+        # `locate` and `keyspace_of` inline: every replicated write comes here once per replica.
+        token = key_token(skey)
+        ends = self._ends
+        index = bisect_left(ends, token) % len(ends)
+        start, width = self._starts_widths[index]
+        leaf = (((token - start - 1) % TOKEN_SPACE) << self.depth) // width
+        keyspace, sep, _ = skey.partition(b"\x00")
+        assert sep, "a scoped key names its keyspace"
+        where = (keyspace.decode(), index)
         tree = self._trees.get(where)
         if tree is None:
             if digest is None:

@@ -13,10 +13,10 @@ asynchronous remainder of a write at `one`).
 """
 
 import typing
-from dataclasses import dataclass
 from typing import Any, Union
 
 from cluster import message_codec
+from cluster.frozen import frozen
 from cluster.message_codec import SEQUENCES, Checker, Encoder, fields_decoder, fields_encoder
 from cluster.requests import WriteOutcome, WriteRequest
 
@@ -24,21 +24,21 @@ from cluster.requests import WriteOutcome, WriteRequest
 MessageDecodeError = message_codec.MessageDecodeError
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReplicaRead:
     round_id: int
     keyspace: str
     key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReplicaReadReply:
     round_id: int
     clock: bytes | None  # the encoded sibling set; None when the replica has no such key
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReplicaMerge:
     round_id: int
     keyspace: str
@@ -47,14 +47,14 @@ class ReplicaMerge:
     durability: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReplicaMergeAck:
     round_id: int
     ok: bool
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ForwardWrite:
     """A write handed to a replica of its key to coordinate (the receiver is not one, or the
     request carries an Idempotency-Key and must reach the key's first replica)."""
@@ -63,13 +63,13 @@ class ForwardWrite:
     request: WriteRequest
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ForwardWriteReply:
     round_id: int
     outcome: WriteOutcome
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListKeys:
     round_id: int
     keyspace: str
@@ -78,7 +78,7 @@ class ListKeys:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListKeysReply:
     round_id: int
     keys: tuple[bytes, ...]
@@ -89,7 +89,7 @@ class ListKeysReply:
 # --- membership (cluster/membership.py) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GossipEntry:
     """What one node gossips about a member: newer is a higher (incarnation, heartbeat)."""
 
@@ -116,14 +116,14 @@ class GossipEntry:
         return GossipEntry(node_id, address, incarnation, heartbeat, left)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GossipSyn:
     """Push: the sender's whole membership; the receiver merges it and answers what the sender lacks."""
 
     entries: tuple[GossipEntry, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GossipAck:
     """Pull: the entries the receiver of a GossipSyn holds newer than the sender, or the sender lacks."""
 
@@ -136,7 +136,7 @@ class GossipAck:
 # --- repair: hinted handoff and anti-entropy (cluster/hints.py, cluster/anti_entropy.py) ---------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HintStore:
     """Sloppy quorum (Dynamo §4.6): keep this clock as a hint for `target`, which is down."""
 
@@ -148,14 +148,14 @@ class HintStore:
     durability: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HintStoreAck:
     round_id: int
     ok: bool
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HintDeliver:
     """A hint replayed to the replica it was meant for; merged like a ReplicaMerge."""
 
@@ -165,14 +165,14 @@ class HintDeliver:
     clock: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HintDeliverAck:
     delivery_id: int
     ok: bool
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AeRoots:
     """Anti-entropy: the sender's Merkle roots of shared ranges, as (range end token, root)."""
 
@@ -181,14 +181,14 @@ class AeRoots:
     roots: tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AeRootsReply:
     session_id: int
     differing: tuple[int, ...]  # range end tokens whose roots differ
     sizes: tuple[int, ...]  # the receiver's key count in each of them
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AeHashes:
     """The sender's hashes at one tree level, as (position, hash), under nodes that differed."""
 
@@ -199,13 +199,13 @@ class AeHashes:
     hashes: tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AeHashesReply:
     session_id: int
     differing: tuple[int, ...]  # positions whose hashes differ
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AeKeys:
     """The sender's (key, clock digest) pairs in differing leaves (no leaves: the whole range)."""
 
@@ -216,7 +216,7 @@ class AeKeys:
     entries: tuple[tuple[bytes, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AeKeysReply:
     session_id: int
     entries: tuple[tuple[bytes, bytes], ...]  # the receiver's pairs that differ or the sender lacks

@@ -15,11 +15,11 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 
 from cluster import dvv
 from cluster.context import scoped_key
 from cluster.dvv import DVVSet, VersionVector
+from cluster.frozen import frozen
 from cluster.hlc import ClockDriftError, HybridClock, Timestamp
 from cluster.limits import CLOCK_DEFAULTS, REQUEST_DEFAULTS
 from cluster.merkle import clock_digest
@@ -39,7 +39,7 @@ from cluster.siblings import (
 from cluster.store import Durability, Store
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Minted:
     status: WriteStatus  # OK, PRECONDITION_FAILED or SIBLINGS_LIMIT
     clock: DVVSet[Sibling] | None

@@ -7,10 +7,10 @@ is unknown (Jepsen's indeterminate operation), never the other way round.
 """
 
 import enum
-from dataclasses import dataclass
 from typing import Protocol
 
 from cluster.dvv import VersionVector
+from cluster.frozen import frozen
 from cluster.siblings import Sibling
 
 
@@ -43,7 +43,7 @@ def achieved_level(acks: int, n: int) -> str:
     return ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ContextEntry:
     """One key the session has seen or written (scoped key: keyspace NUL key) at a version."""
 
@@ -63,7 +63,7 @@ class WriteStatus(enum.Enum):
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"  # the key was used for another request
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WriteRequest:
     keyspace: str
     key: bytes
@@ -83,7 +83,7 @@ class WriteRequest:
     sloppy: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WriteOutcome:
     status: str
     coordinator: str
@@ -106,7 +106,7 @@ class ReadStatus(enum.Enum):
     INVALID = "invalid"  # e.g. r above the keyspace's N
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadRequest:
     keyspace: str
     key: bytes
@@ -116,7 +116,7 @@ class ReadRequest:
     context: tuple[ContextEntry, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadOutcome:
     status: str
     coordinator: str
@@ -142,21 +142,21 @@ class Outcome(enum.Enum):
     INVALID = "invalid"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyspaceDef:
     name: str
     n: int
     resolution: str  # cluster.siblings.Resolution value
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyspaceOutcome:
     status: str  # Outcome value: CREATED, OK (same definition existed), CONFLICT, UNAVAILABLE, TIMEOUT
     keyspace: KeyspaceDef | None  # the definition in force
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListOutcome:
     status: str  # Outcome value: OK, NO_KEYSPACE, UNAVAILABLE, TIMEOUT
     keys: tuple[bytes, ...]

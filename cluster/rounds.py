@@ -18,17 +18,18 @@ from dataclasses import dataclass, field
 
 from cluster import dvv
 from cluster.dvv import DVVSet, VersionVector
+from cluster.frozen import frozen
 from cluster.messages import Message, ReplicaMerge, ReplicaRead
 from cluster.siblings import Resolution, Sibling, encode_clock, resolve
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Send:
     to: str
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Finish:
     """The round's answer to the client. `status` is a WriteStatus / ReadStatus value."""
 
@@ -37,7 +38,7 @@ class Finish:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Unacked:
     """The write round settled (all replicas answered, or its deadline passed) and these replicas
     never acknowledged: the coordinator keeps hints for them (Cassandra hints writes that time

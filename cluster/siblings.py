@@ -12,12 +12,12 @@ is merged by the same rules (Dynamo §6.2; purging tombstones safely is anti-ent
 """
 
 import enum
-from dataclasses import dataclass
 
 import msgpack
 
 from cluster import dvv
 from cluster.dvv import ClockDecodeError, DVVSet, VersionVector
+from cluster.frozen import frozen
 from cluster.hlc import LOGICAL_WIRE_MAX, PHYSICAL_MS_MAX, Timestamp, TimestampDecodeError
 from cluster.limits import CLOCK_DEFAULTS
 
@@ -33,7 +33,7 @@ class Resolution(enum.Enum):
     LWW = "lww"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sibling:
     """One written value (or tombstone) with its coordinator timestamp and the causal
     dependencies the writer's session had (`deps`: scoped key -> version vector)."""

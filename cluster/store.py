@@ -11,9 +11,9 @@ that the cluster layer uses for its clocks and tombstones. The store never looks
 import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Protocol
 
+from cluster.frozen import frozen
 from cluster.limits import STORE_LIMITS, StoreLimits
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -36,7 +36,7 @@ class Isolation(enum.Enum):
     SERIALIZABLE = "serializable"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Record:
     """One stored value. `version` is the log sequence number of the commit that wrote it
     (0 until committed)."""
@@ -47,7 +47,7 @@ class Record:
     version: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ScanPage:
     """One page of an ordered scan. `cursor` is the last key returned when more may follow;
     pass it back as `after` for the next page. None means the scan is complete."""

@@ -21,10 +21,11 @@ an old value after its tombstone is gone. Pure; the anti-entropy core drives it.
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
+from cluster.frozen import frozen
 from cluster.limits import ANTI_ENTROPY_DEFAULTS, HINT_DEFAULTS, AntiEntropyDefaults, HintDefaults
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RepairSettings:
     """One node's anti-entropy and hinted-handoff settings (production defaults: cluster/limits.py)."""
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from cluster.frozen import frozen
 from cluster.store import Durability, Isolation
 from node.storage import StoreConfig, WalStore
 
@@ -51,7 +52,7 @@ BARRIER_TIMEOUT_S = 60.0
 _NO_BACKGROUND_CHECKPOINT = StoreConfig(checkpoint_wal_bytes=1 << 62, checkpoint_interval_s=86_400.0)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Throughput:
     commits: int
     commits_per_s: float
@@ -61,7 +62,7 @@ class Throughput:
     commits_per_fsync: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Comparison:
     writers: int
     titra: Throughput
@@ -70,7 +71,7 @@ class Comparison:
     sqlite_synchronous: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RestartProbe:
     """What one fresh interpreter saw while opening the store."""
 
@@ -83,7 +84,7 @@ class RestartProbe:
     peak_rss_bytes: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Restart:
     keys: int
     load_s: float
@@ -99,7 +100,7 @@ class Restart:
     peak_bytes_per_key: float | None  # the peak during open (checkpoint buffer, decode lists)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BenchReport:
     results: list[Comparison]
     async_point: Comparison  # `async` in the JSON

@@ -17,11 +17,12 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 from cluster import dvv
 from cluster.anti_entropy import AeEffect, AntiEntropy, Purge, Push
 from cluster.context import scoped_key
+from cluster.frozen import frozen
 from cluster.hlc import HybridClock, Timestamp
 from cluster.limits import ANTI_ENTROPY_DEFAULTS, HINT_DEFAULTS
 from cluster.memory_store import MemoryStore
@@ -41,7 +42,7 @@ LOAD_BATCH = 5_000  # puts per store transaction (under transaction_ops_max)
 VALUE = b"x" * 100
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RepairPoint:
     differing_pct: float
     differing_keys: int
@@ -51,7 +52,7 @@ class RepairPoint:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThroughputPoint:
     anti_entropy: bool
     writes: int

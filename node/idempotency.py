@@ -10,12 +10,12 @@ again; it replicates what this replica already stored and reports the new outcom
 """
 
 import time
-from dataclasses import dataclass
 
 import msgpack
 
 from cluster.context import scoped_key
 from cluster.dvv import VersionVector
+from cluster.frozen import frozen
 from cluster.limits import REQUEST_DEFAULTS
 from cluster.requests import WriteOutcome
 from cluster.store import Durability, Store
@@ -23,7 +23,7 @@ from cluster.store import Durability, Store
 KEYSPACE = "_idempotency"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class IdempotencyRecord:
     digest: bytes
     keyspace: str

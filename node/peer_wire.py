@@ -18,8 +18,10 @@ import hmac
 import json
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import field
 from http import HTTPStatus
+
+from cluster.frozen import frozen
 
 PEER_PATH = "/v1/peer"
 PEER_PROTOCOL = "titra-peer/1"
@@ -34,7 +36,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RF
 _PROTOCOL_TOKEN = PEER_PROTOCOL.encode()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Refusal:
     """An HTTP answer refusing the upgrade: `status`, and the JSON error's `code` and `message`."""
 
@@ -53,7 +55,7 @@ class Refusal:
         return head.encode() + body
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Upgrade:
     """An upgrade request the listener accepts: the node that sent it, and the bytes behind its head."""
 
@@ -61,7 +63,7 @@ class Upgrade:
     rest: bytes  # frames the sender wrote right behind its request
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Admission:
     """Who the listener of node `node_id` lets in."""
 

@@ -11,10 +11,10 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
+from cluster.frozen import frozen
 from cluster.hlc import HybridClock
 from cluster.limits import PROCESS_DEFAULTS, REQUEST_DEFAULTS
 from cluster.messages import GossipAck, GossipSyn, Message
@@ -38,7 +38,7 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NodeConfig:
     node_id: str
     listen: tuple[str, int]

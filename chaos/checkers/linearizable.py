@@ -29,11 +29,11 @@ absent, `read` returns it. Rules:
 """
 
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
 
 from chaos.checkers.common import EXAMPLES_MAX, describe, more, read_values, value_token
 from chaos.history import Operation, by_key
 from chaos.verdict import CheckResult
+from cluster.frozen import frozen
 
 MAX_STATES_DEFAULT = 200_000
 WITNESS_SHOWN_MAX = 10  # a witness is usually 2-4 operations; a long one was cut short by the budget
@@ -61,7 +61,7 @@ class _Unread:
 UNREAD = _Unread()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Step:
     """One operation of a key's history as the search sees it."""
 
@@ -73,7 +73,7 @@ class _Step:
     required: bool  # ok: must be placed
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Search:
     valid: bool | None
     states: int
@@ -81,7 +81,7 @@ class _Search:
     placed: int = 0  # how many operations were placed at that dead end
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _KeyVerdict:
     valid: bool | None
     states: int

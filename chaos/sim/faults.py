@@ -16,8 +16,10 @@ Rules of the plan:
 """
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from typing import Any, Literal, Protocol
+
+from cluster.frozen import frozen
 
 PARTITION_SHAPES = ("isolate_one", "halves", "singletons")
 LEVELS = ("one", "quorum", "all", "causal")
@@ -33,7 +35,7 @@ class Rng(Protocol):
     def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FaultOptions:
     """Every knob of a simulated run. Defaults are the CI run: 3 nodes, 10 virtual seconds of load and faults."""
 
@@ -157,7 +159,7 @@ class FaultOptions:
         return replace(self, drop_rate=0.0, duplicate_rate=0.0, store_fail_rate=0.0, store_stall_rate=0.0)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FaultStep:
     at_ms: int
     kind: Literal["partition", "heal", "crash", "restart"]

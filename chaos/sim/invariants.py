@@ -27,13 +27,13 @@ Rules (N = replicas per key; strong = a write or delete at `quorum` or `all`):
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from chaos.checkers.common import EXAMPLES_MAX, describe, more
 from chaos.history import Event, Operation, operations
 from chaos.verdict import CheckResult
 from cluster import dvv
 from cluster.dvv import ClockDecodeError, Dot, DVVSet, VersionVector
+from cluster.frozen import frozen
 from cluster.siblings import Sibling, decode_clock
 
 STRONG_LEVELS = ("quorum", "all")
@@ -73,7 +73,7 @@ def describe_clock(clock: DVVSet[Sibling] | None) -> str:
     return " ".join(parts) or "<empty>"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FinalState:
     """The replicas after the quiet period."""
 

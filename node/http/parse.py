@@ -16,7 +16,6 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
@@ -24,6 +23,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from cluster.context import ContextError, decode_token, scoped_key, version_of
+from cluster.frozen import frozen
 from cluster.limits import RequestDefaults
 from cluster.requests import ContextEntry, KeyspaceDef, Level, ReadRequest, WriteRequest
 from cluster.siblings import Resolution
@@ -363,7 +363,7 @@ def parse_read(request: RequestHead, secret: bytes, limits: RequestDefaults) -> 
     return ReadRequest(keyspace=keyspace, key=key, level=level, r=r, timeout_ms=timeout_ms, context=context)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListQuery:
     keyspace: str
     prefix: bytes

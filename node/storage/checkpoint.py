@@ -6,10 +6,10 @@ every chunk is checksummed) and a trailer that carries the record count, so a ch
 short is never mistaken for a complete one. Restart = newest checkpoint + the WAL after its LSN.
 """
 
-from dataclasses import dataclass
 
 import msgpack
 
+from cluster.frozen import frozen
 from cluster.store import Record, StoreError
 from node.storage.disk import Disk, join
 from node.storage.framing import RecordType, encode_frame, scan_frames
@@ -22,7 +22,7 @@ class CheckpointCorrupt(StoreError):
     code = "checkpoint_corrupt"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoadedCheckpoint:
     lsn: int
     path: str

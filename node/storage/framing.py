@@ -10,10 +10,10 @@ Frame layout (little endian):
 
 import enum
 import struct
-from dataclasses import dataclass
 
 from crc32c import crc32c
 
+from cluster.frozen import frozen
 from cluster.limits import STORE_LIMITS
 
 HEADER = struct.Struct("<IIQB")
@@ -39,7 +39,7 @@ def encode_frame(lsn: int, rtype: int, payload: bytes) -> bytes:
     return HEADER.pack(len(payload), checksum(lsn, rtype, payload), lsn, rtype) + payload
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Frame:
     offset: int
     lsn: int
@@ -76,7 +76,7 @@ def read_frame(buf: bytes | memoryview, offset: int) -> Frame | FrameDefect:
     return Frame(offset, lsn, rtype, payload)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FrameScan:
     """The valid frames at the start of a buffer, and where and why the valid prefix ends."""
 

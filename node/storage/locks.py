@@ -22,7 +22,8 @@ asyncio driver (node.storage.transaction) turns "queued" into a future and a tim
 """
 
 import enum
-from dataclasses import dataclass
+
+from cluster.frozen import frozen
 
 
 class LockMode(enum.Enum):
@@ -30,12 +31,12 @@ class LockMode(enum.Enum):
     EXCLUSIVE = "X"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyLock:
     key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RangeLock:
     """The keys k with lo <= k < hi; hi None means no upper bound."""
 
@@ -64,7 +65,7 @@ def _compatible(a: LockMode, b: LockMode) -> bool:
     return a is LockMode.SHARED and b is LockMode.SHARED
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LockRequest:
     request_id: int
     txn: int
@@ -72,7 +73,7 @@ class LockRequest:
     mode: LockMode
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LockOutcome:
     """The result of a request: granted now, or queued; `victims` are waiting requests (possibly
     this one) cancelled to break a deadlock: their transactions must abort."""

@@ -4,15 +4,16 @@ Pure. A transaction's writes travel as one payload so that the commit is one WAL
 either entirely in the log or not at all (the frame checksum covers it whole).
 """
 
-from dataclasses import dataclass
 
 import msgpack
+
+from cluster.frozen import frozen
 
 _PUT = 0
 _DELETE = 1
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Put:
     key: bytes
     value: bytes
@@ -24,7 +25,7 @@ class Put:
         return len(self.key) + len(self.value) + len(self.content_type) + len(self.meta)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delete:
     key: bytes
 

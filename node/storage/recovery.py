@@ -13,6 +13,7 @@ Bitcask's and LevelDB's rule, made strict:
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cluster.frozen import frozen
 from cluster.store import StoreError
 from node.storage.checkpoint import LoadedCheckpoint, list_checkpoints, load_checkpoint
 from node.storage.disk import Disk, join
@@ -40,7 +41,7 @@ class WalCorruption(StoreError):
         self.records_dropped = records_dropped
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TornTail:
     path: str
     offset: int
@@ -48,7 +49,7 @@ class TornTail:
     defect: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WalRepair:
     path: str
     offset: int
@@ -70,7 +71,7 @@ class RecoveryReport:
     repair: WalRepair | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Damage:
     segment_index: int
     offset: int

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from cluster.frozen import frozen
 from cluster.limits import STORE_DEFAULTS, STORE_LIMITS, StoreLimits
 from cluster.store import (
     DEFAULT_CONTENT_TYPE,
@@ -51,7 +52,7 @@ from node.storage.wal import WalWriter
 log = logging.getLogger("titra.storage")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoreConfig:
     """Settings of one store; defaults live in cluster.limits (documented in docs/limits.md)."""
 
