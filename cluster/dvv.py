@@ -249,7 +249,12 @@ def sync(a: DVVSet[V], b: DVVSet[V]) -> DVVSet[V]:
     for theirs in b.entries:
         mine = merged.get(theirs.node)
         merged[theirs.node] = theirs if mine is None else _merge_entry(mine, theirs)
-    return DVVSet(tuple(merged[node] for node in sorted(merged)))
+    entries = tuple(merged[node] for node in sorted(merged))
+    # A replica usually merges a clock that supersedes its own: return that very object, so
+    # the caller's `merged == incoming` is an identity check rather than a walk of the values.
+    if len(entries) == len(b.entries) and all(mine is theirs for mine, theirs in zip(entries, b.entries)):
+        return b
+    return DVVSet(entries)
 
 
 def _merge_entry(a: Entry[V], b: Entry[V]) -> Entry[V]:
@@ -258,7 +263,10 @@ def _merge_entry(a: Entry[V], b: Entry[V]) -> Entry[V]:
     floor = max(a.counter - len(a.values), b.counter - len(b.values))
     # A dot names one write, so both sides hold the same value for it; take the longer history.
     newer = a if a.counter >= b.counter else b
-    return Entry(newer.node, newer.counter, newer.values[: newer.counter - floor])
+    keep = newer.counter - floor
+    if keep >= len(newer.values):
+        return newer  # none of its values superseded: the entry itself, not a copy
+    return Entry(newer.node, newer.counter, newer.values[:keep])
 
 
 def join(clock: DVVSet[V]) -> VersionVector:
