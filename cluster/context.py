@@ -24,6 +24,9 @@ _TOKEN_VERSION = 1
 _MAC_BYTES = 16
 _KEYED: dict[bytes, "hmac.HMAC"] = {}
 _KEYED_MAX = 16
+# Reused (msgpack.packb builds a Packer per call); a pack of lists, bytes, str and int runs no
+# Python code, so it holds the GIL throughout and threads never interleave in it.
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 class ContextError(ValueError):
@@ -76,9 +79,7 @@ def _mac(secret: bytes, payload: bytes) -> bytes:
 
 
 def encode_token(context: tuple[ContextEntry, ...], secret: bytes) -> str:
-    payload = msgpack.packb(
-        [_TOKEN_VERSION, [[entry.key, entry.version.to_wire()] for entry in context]], use_bin_type=True
-    )
+    payload: bytes = _PACKER.pack([_TOKEN_VERSION, [[entry.key, entry.version.to_wire()] for entry in context]])
     blob = payload + _mac(secret, payload)
     return base64.urlsafe_b64encode(blob).rstrip(b"=").decode()
 

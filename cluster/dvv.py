@@ -252,7 +252,7 @@ def sync(a: DVVSet[V], b: DVVSet[V]) -> DVVSet[V]:
     entries = tuple(merged[node] for node in sorted(merged))
     # A replica usually merges a clock that supersedes its own: return that very object, so
     # the caller's `merged == incoming` is an identity check rather than a walk of the values.
-    if len(entries) == len(b.entries) and all(mine is theirs for mine, theirs in zip(entries, b.entries)):
+    if len(entries) == len(b.entries) and all(mine is theirs for mine, theirs in zip(entries, b.entries, strict=True)):
         return b
     return DVVSet(entries)
 

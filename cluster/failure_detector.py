@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from cluster.limits import MEMBERSHIP_DEFAULTS, MembershipDefaults
 
+_LN10 = math.log(10)
+
 
 class Liveness(enum.StrEnum):
     ALIVE = "alive"
@@ -110,6 +112,15 @@ class PhiAccrualDetector:
             return 0.0
         silence = max(0, now_ms - window.last_arrival_ms)
         return silence / (mean * math.log(10))
+
+    def convicted(self, node: str, now_ms: int) -> bool:
+        """`liveness(node, now_ms) is Liveness.DOWN`, in one call: every replicated write asks
+        it of each replica (through Membership.is_down)."""
+        window = self._windows.get(node)
+        if window is None:
+            return False
+        mean = max(window.total_ms / len(window.intervals), float(self.defaults.arrival_mean_ms_min))
+        return max(0, now_ms - window.last_arrival_ms) / (mean * _LN10) >= self.defaults.phi_convict
 
     def liveness(self, node: str, now_ms: int) -> Liveness | None:
         if node not in self._windows:

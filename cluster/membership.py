@@ -183,7 +183,11 @@ class Membership:
         return _STATUS_OF_LIVENESS[liveness]
 
     def is_down(self, node_id: str, now_ms: int) -> bool:
-        return self.status_of(node_id, now_ms) in (MemberStatus.DOWN, MemberStatus.LEFT)
+        """`status_of` is DOWN or LEFT, without building the status: asked per replica per write."""
+        member = self.members.get(node_id)
+        if member is None or node_id == self.node_id:
+            return member is not None and member.left
+        return member.left or self.detector.convicted(node_id, now_ms)
 
     def views(self, now_ms: int) -> list[MemberView]:
         out = []

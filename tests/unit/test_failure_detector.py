@@ -134,3 +134,19 @@ def test_watch_starts_a_new_window_and_forget_drops_it() -> None:
     assert detector.mean_interval_ms("n2") == MEMBERSHIP_DEFAULTS.bootstrap_interval_ms
     detector.forget("n2")
     assert not detector.watched("n2") and detector.liveness("n2", last) is None
+
+
+def test_convicted_agrees_with_liveness_everywhere() -> None:
+    """`convicted` is the write path's shortcut for `liveness(...) is Liveness.DOWN`."""
+    rng = random.Random(7)
+    for _ in range(200):
+        detector = PhiAccrualDetector()
+        now = rng.randrange(0, 10_000)
+        detector.watch("p", now)
+        for _ in range(rng.randrange(0, 30)):
+            now += rng.choice([1, 50, 250, 260, 900, 2_500])
+            detector.heartbeat("p", now)
+        for silence in (0, 1, 100, 1_000, 2_000, 4_000, 4_600, 5_000, 20_000):
+            at = now + silence
+            assert detector.convicted("p", at) == (detector.liveness("p", at) is Liveness.DOWN)
+    assert not PhiAccrualDetector().convicted("never-watched", 1_000_000)
