@@ -168,7 +168,11 @@ class Replica:
     def _observe(self, clock: DVVSet[Sibling]) -> None:
         """Keep our hybrid clock ahead of every timestamp we store, so a write that follows
         another (it read it) gets a later timestamp even across nodes, as `lww` needs."""
-        newest = max((s.timestamp for s in dvv.values(clock)), default=None)
+        newest: Timestamp | None = None
+        for entry in clock.entries:  # usually one sibling in all: no list, generator or max()
+            for sibling in entry.values:
+                if newest is None or sibling.timestamp > newest:
+                    newest = sibling.timestamp
         if newest is not None and newest > self.clock.last:
             # A value from a clock far ahead is stored, but does not drag ours along.
             with suppress(ClockDriftError):

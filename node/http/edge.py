@@ -203,9 +203,8 @@ def _status_line(status: int) -> bytes:
 
 def render(status: int, headers: dict[str, str], body: bytes, date: bytes, close: bool) -> bytes:
     """One HTTP/1.1 response, as aiohttp would frame it: no Content-Length on a 204."""
-    out = [_status_line(status)]
-    for name, value in headers.items():
-        out.append(b"%s: %s\r\n" % (name.encode(), value.encode()))
+    # The header lines as one str, encoded once (UTF-8, as aiohttp encodes them).
+    out = [_status_line(status), "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()]
     if status != 204:
         out.append(b"Content-Length: %d\r\n" % len(body))
     if close:
