@@ -148,8 +148,17 @@ def total_bytes(clock: DVVSet[Sibling]) -> int:
 def record_meta(clock: DVVSet[Sibling]) -> bytes:
     """The store record's metadata: the key's version vector and whether it is only tombstones,
     so listings and repair can skip or compare keys without decoding values."""
-    counters = [(entry.node, entry.counter) for entry in clock.entries]
-    only_tombstones = all(s.deleted for entry in clock.entries for s in entry.values)
+    # One pass (every replicated write stores a meta): the counters, and whether a live value
+    # was met; a clock with no values at all counts as only tombstones, as all() of none would.
+    counters = []
+    only_tombstones = True
+    for entry in clock.entries:
+        counters.append((entry.node, entry.counter))
+        if only_tombstones:
+            for sibling in entry.values:
+                if not sibling.deleted:
+                    only_tombstones = False
+                    break
     return bytes(_PACKER.pack([counters, only_tombstones]))
 
 

@@ -33,3 +33,21 @@ def _finished(tasks: set["asyncio.Task[None]"], log: logging.Logger, what: str, 
     error = task.exception()
     if error is not None:
         log.error("%s failed", what, exc_info=error)
+
+
+class Spawner:
+    """`spawn` bound to one task set, logger and label: the done callback is made once, not per
+    task (a replica spawns one task per replicated write it merges)."""
+
+    def __init__(self, tasks: set["asyncio.Task[None]"], log: logging.Logger, what: str) -> None:
+        self.tasks = tasks
+        self._finished = functools.partial(_finished, tasks, log, what)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, work: Coroutine[Any, Any, None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():  # cached: get_running_loop() is a getpid(2) on 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)

@@ -13,9 +13,8 @@ It implements `cluster.requests.Coordinator` for the HTTP edge. Rules:
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from cluster import dvv
 from cluster.context import scoped_key, version_of
@@ -65,7 +64,7 @@ from cluster.rounds import Effect, Finish, ListRound, ReadRound, Send, Unacked, 
 from cluster.siblings import Resolution, Sibling, decode_clock, encode_clock, live
 from cluster.tombstones import RepairSettings
 from node.anti_entropy import AntiEntropyDriver
-from node.background import spawn
+from node.background import Spawner
 from node.hints import HintedHandoff
 from node.idempotency import IdempotencyTable
 from node.keyspaces import KeyspaceRegistry
@@ -131,6 +130,7 @@ class NodeRuntime:
         # a stale reply meant for its previous incarnation's round of the same number.
         self._next_round = replica.wall() * 1000 + 1
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn = Spawner(self._tasks, log, "runtime task")
         # Runs only while rounds are in flight: an idle node does not wake every TICK_MS.
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
@@ -514,9 +514,14 @@ class NodeRuntime:
             await asyncio.sleep(TICK_MS / 1000)
             now = self._now_ms()
             for rid, pending in list(self._pending.items()):
-                if pending.round is not None:
+                round_ = pending.round
+                if round_ is not None:
                     try:
-                        self._apply(rid, pending.round.on_tick(now))
+                        effects = round_.on_tick(now)
+                        # Most rounds have nothing due on a tick: apply only what changed one
+                        # (a round may settle with no effect; _apply then drops it).
+                        if effects or _done(round_):
+                            self._apply(rid, effects)
                     except Exception:  # a bug in one round must not stop the others' deadlines
                         log.exception("round %d failed on a tick", rid)
 
@@ -557,8 +562,6 @@ class NodeRuntime:
             case ReplicaRead() | ReplicaMerge() | ListKeys() | ForwardWrite():
                 self._spawn(self._serve(sender, message))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        spawn(self._tasks, work, log, "runtime task", self._running_loop())
 
     async def _serve(self, sender: str, message: Message) -> None:
         """Answer a peer's request. Errors are answered, never raised into the transport."""

@@ -179,7 +179,13 @@ class WalStore:
         check_key(key, self.limits)
         check_record(value, content_type, meta, self.limits)
         op, durability = Put(key, value, content_type, meta), _as_durability(durability)
-        txn = await self._lock_for_write(op)
+        # _lock_for_write's usual case inline: a free key's lock without another coroutine.
+        if self._any_write_fits:
+            txn = self._new_txn_id()
+            if not self.locks.try_lock_key_exclusive(txn, key):
+                await self._wait_for_key_lock(txn, key)
+        else:
+            txn = await self._lock_for_write(op)
         return await self._log_and_apply(txn, op, durability)
 
     async def delete(self, key: bytes, durability: Durability = Durability.FSYNC) -> bool:
