@@ -528,7 +528,15 @@ class NodeRuntime:
     # --- messages from peers -------------------------------------------------------------------
 
     def on_message(self, sender: str, message: Message) -> None:
+        # A replicated write's two messages first: a class pattern is an isinstance test, tried
+        # in order, and these are most of what arrives. The cases are disjoint types.
         match message:
+            case ReplicaMerge():
+                self._spawn(self._serve(sender, message))
+            case ReplicaMergeAck(round_id=rid, ok=ok, error=error):
+                pending = self._pending.get(rid)
+                if pending is not None and isinstance(pending.round, WriteRound):
+                    self._apply(rid, pending.round.on_ack(sender, ok, error))
             case ReplicaReadReply(round_id=rid, clock=encoded, error=error):
                 pending = self._pending.get(rid)
                 if pending is not None and isinstance(pending.round, ReadRound):
@@ -539,10 +547,6 @@ class NodeRuntime:
                         except ValueError as exc:
                             error = f"undecodable clock: {exc}"
                     self._apply(rid, pending.round.on_reply(sender, clock, error, self._now_ms()))
-            case ReplicaMergeAck(round_id=rid, ok=ok, error=error):
-                pending = self._pending.get(rid)
-                if pending is not None and isinstance(pending.round, WriteRound):
-                    self._apply(rid, pending.round.on_ack(sender, ok, error))
             case ListKeysReply(round_id=rid, keys=keys, complete=complete, error=error):
                 pending = self._pending.get(rid)
                 if pending is not None and isinstance(pending.round, ListRound):
@@ -559,7 +563,7 @@ class NodeRuntime:
                 self.hints.on_message(sender, message)
             case AeRoots() | AeRootsReply() | AeHashes() | AeHashesReply() | AeKeys() | AeKeysReply():  # repair
                 self.anti_entropy.on_message(sender, message)
-            case ReplicaRead() | ReplicaMerge() | ListKeys() | ForwardWrite():
+            case ReplicaRead() | ListKeys() | ForwardWrite():
                 self._spawn(self._serve(sender, message))
 
 

@@ -115,6 +115,8 @@ def _query(raw: bytes) -> MultiDict[str] | None:
 
 def could_be_fast(prefix: bytes) -> bool:
     """Whether a buffer starting with `prefix` may still turn out to be a fast-path head."""
+    if prefix.startswith(_PREFIXES):  # a whole prefix: the usual case, one C call
+        return True
     return any(p.startswith(prefix[: len(p)]) for p in _PREFIXES)
 
 
