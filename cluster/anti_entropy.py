@@ -32,6 +32,7 @@ from cluster.frozen import frozen
 from cluster.limits import ANTI_ENTROPY_DEFAULTS, AntiEntropyDefaults
 from cluster.merkle import MerkleIndex, clock_digest, descendants, diff_entries, keyspace_of
 from cluster.messages import AeHashes, AeHashesReply, AeKeys, AeKeysReply, AeRoots, AeRootsReply, Message
+from cluster.ring import Ring
 from cluster.rounds import Send
 from cluster.tombstones import TombstoneTracker
 
@@ -206,6 +207,11 @@ class AntiEntropy:
         return self._index
 
     @property
+    def ring(self) -> Ring:
+        """The ring the trees are bucketed by: no recorded save needs applying to know it."""
+        return self._index.ring
+
+    @property
     def tombstones(self) -> TombstoneTracker:
         """The purge bookkeeping, with every save so far applied: a purge is never decided, and
         no confirmation is taken, against a digest a newer save has already replaced."""
@@ -219,8 +225,8 @@ class AntiEntropy:
 
     def owners(self, n: int) -> list[list[str]]:
         if n not in self._owners:
-            ring = self.index.ring
-            self._owners[n] = [ring.owners_of_range(r, n) for r in self.index.ranges]
+            ring = self._index.ring  # ranges follow the ring alone: no save needs applying
+            self._owners[n] = [ring.owners_of_range(r, n) for r in self._index.ranges]
         return self._owners[n]
 
     def others_of(self, where: tuple[str, int]) -> list[str] | None:

@@ -162,7 +162,7 @@ class AntiEntropyDriver:
             self._apply(self.core.on_tick(now_ms, self.replica.wall(), self.reachable))
 
     async def _refresh_replication(self) -> None:
-        nodes = len(self.core.index.ring.nodes)
+        nodes = len(self.core.ring.nodes)  # the ring only: no recorded save is applied for it
         definitions = [*await self.keyspaces.all(), self.keyspaces.system]
         self.core.set_replication({d.name: min(d.n, nodes) for d in definitions})
 
