@@ -40,7 +40,7 @@ class Liveness(enum.StrEnum):
 
 def silence_for_phi_ms(phi: float, mean_interval_ms: float) -> float:
     """How long after the last heartbeat phi reaches `phi`, for a window whose mean is `mean_interval_ms`."""
-    return phi * math.log(10) * mean_interval_ms
+    return phi * _LN10 * mean_interval_ms
 
 
 @dataclass(slots=True)
@@ -106,21 +106,16 @@ class PhiAccrualDetector:
 
     def phi(self, node: str, now_ms: int) -> float:
         """Suspicion of `node` at `now_ms`; 0.0 for a node not watched."""
-        window = self._windows.get(node)
-        mean = self.mean_interval_ms(node)
-        if window is None or mean is None:
+        window = self._windows.get(node)  # one lookup: every replicated write asks, per replica
+        if window is None:
             return 0.0
+        mean = max(window.mean_ms(), float(self.defaults.arrival_mean_ms_min))  # mean_interval_ms
         silence = max(0, now_ms - window.last_arrival_ms)
-        return silence / (mean * math.log(10))
+        return silence / (mean * _LN10)
 
     def convicted(self, node: str, now_ms: int) -> bool:
-        """`liveness(node, now_ms) is Liveness.DOWN`, in one call: every replicated write asks
-        it of each replica (through Membership.is_down)."""
-        window = self._windows.get(node)
-        if window is None:
-            return False
-        mean = max(window.total_ms / len(window.intervals), float(self.defaults.arrival_mean_ms_min))
-        return max(0, now_ms - window.last_arrival_ms) / (mean * _LN10) >= self.defaults.phi_convict
+        """`liveness(node, now_ms) is Liveness.DOWN`, without building the Liveness."""
+        return self.phi(node, now_ms) >= self.defaults.phi_convict
 
     def liveness(self, node: str, now_ms: int) -> Liveness | None:
         if node not in self._windows:

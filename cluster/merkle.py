@@ -258,15 +258,8 @@ class MerkleIndex:
 
     def update(self, skey: bytes, digest: bytes | None) -> int:
         """A write (or, with None, a delete) of `skey` on this replica; returns its range index."""
-        # `locate` and `keyspace_of` inline: every replicated write comes here once per replica.
-        token = key_token(skey)
-        ends = self._ends
-        index = bisect_left(ends, token) % len(ends)
-        start, width = self._starts_widths[index]
-        leaf = (((token - start - 1) % TOKEN_SPACE) << self.depth) // width
-        keyspace, sep, _ = skey.partition(b"\x00")
-        assert sep, "a scoped key names its keyspace"
-        where = (keyspace.decode(), index)
+        index, leaf = self.locate(skey)
+        where = (keyspace_of(skey), index)
         tree = self._trees.get(where)
         if tree is None:
             if digest is None:

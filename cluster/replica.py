@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, suppress
 from cluster import dvv
 from cluster.context import scoped_key
 from cluster.dvv import DVVSet, VersionVector
+from cluster.enums import by_value
 from cluster.frozen import frozen
 from cluster.hlc import ClockDriftError, HybridClock, Timestamp
 from cluster.limits import CLOCK_DEFAULTS, REQUEST_DEFAULTS
@@ -289,11 +290,4 @@ class Replica:
             cursor = page.cursor
 
 
-# By value: a dict lookup instead of an Enum call per stored write; an unknown value still goes
-# through the call, for its ValueError naming it.
-_DURABILITIES = {member.value: member for member in Durability}
-
-
-def _durability(value: str) -> Durability:
-    found = _DURABILITIES.get(value)
-    return found if found is not None else Durability(value)
+_durability = by_value(Durability)

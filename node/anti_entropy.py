@@ -16,8 +16,8 @@ TITRA_AE_TOMBSTONE_GRACE_MS, TITRA_HINT_TTL_MS), TITRA_AE_ENABLED and TITRA_HINT
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from cluster import dvv
 from cluster.anti_entropy import AeEffect, AntiEntropy, Purge, Push
@@ -30,7 +30,7 @@ from cluster.rounds import Send
 from cluster.siblings import STORED_CONTENT_TYPE, Sibling, decode_clock, meta_is_deleted
 from cluster.store import ScanPage
 from cluster.tombstones import RepairSettings
-from node.background import spawn
+from node.background import Spawner
 from node.keyspaces import KeyspaceRegistry
 
 log = logging.getLogger("titra.anti_entropy")
@@ -107,6 +107,7 @@ class AntiEntropyDriver:
         self.ready = False
         self.build_seconds = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn = Spawner(self._tasks, log, "anti-entropy task")
         self._ticker: asyncio.Task[None] | None = None
         # Registered at once, so no write between construction and the start-up scan is missed;
         # a node with anti-entropy off keeps no index at all.
@@ -198,8 +199,6 @@ class AntiEntropyDriver:
             self.core.tombstones.release(purge.keyspace.encode() + b"\x00" + purge.key)
             raise
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        spawn(self._tasks, work, log, "anti-entropy task")
 
     def status(self) -> dict[str, object]:
         return {"enabled": self.enabled, "ready": self.ready, "build_seconds": round(self.build_seconds, 3),

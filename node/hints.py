@@ -11,9 +11,8 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from cluster import dvv
 from cluster.context import scoped_key
@@ -40,7 +39,7 @@ from cluster.ring import Ring
 from cluster.siblings import Resolution, decode_clock, encode_clock
 from cluster.store import Durability, StoreError
 from cluster.tombstones import RepairSettings
-from node.background import spawn
+from node.background import Spawner
 from node.keyspaces import KeyspaceRegistry
 
 log = logging.getLogger("titra.hints")
@@ -66,6 +65,7 @@ class HintedHandoff:
         self.backlog = HintBacklog(settings.hints)
         self._locks: dict[HintKey, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn = Spawner(self._tasks, log, "hinted handoff task")
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -225,8 +225,6 @@ class HintedHandoff:
                         raise
                     self.backlog.remove(hint)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        spawn(self._tasks, work, log, "hinted handoff task")
 
     def status(self) -> dict[str, object]:
         return {"enabled": self.enabled, **self.backlog.stats()}

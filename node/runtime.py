@@ -19,6 +19,7 @@ from typing import Protocol
 from cluster import dvv
 from cluster.context import scoped_key, version_of
 from cluster.dvv import DVVSet, VersionVector
+from cluster.enums import by_value
 from cluster.hints import HintedWriteRound, HintPlan
 from cluster.limits import REQUEST_DEFAULTS
 from cluster.messages import (
@@ -614,20 +615,8 @@ class NodeRuntime:
         return await self._coordinate(definition, request, preference, w, n)
 
 
-# Enum members by value: a dict lookup instead of an Enum call (several microseconds a write on
-# CPython 3.11); an unknown value still goes through the call, for its ValueError naming it.
-_LEVELS = {member.value: member for member in Level}
-_RESOLUTIONS = {member.value: member for member in Resolution}
-
-
-def _level(value: str) -> Level:
-    found = _LEVELS.get(value)
-    return found if found is not None else Level(value)
-
-
-def _resolution(value: str) -> Resolution:
-    found = _RESOLUTIONS.get(value)
-    return found if found is not None else Resolution(value)
+_level = by_value(Level)
+_resolution = by_value(Resolution)
 
 
 def _done(round_: WriteRound | ReadRound | ListRound | None) -> bool:

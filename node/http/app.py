@@ -17,6 +17,7 @@ from aiohttp import MultipartWriter, web
 from aiohttp.http import HttpVersion11
 
 from cluster.context import encode_token, merge, remember, scoped_key
+from cluster.enums import by_value
 from cluster.limits import REQUEST_DEFAULTS, RequestDefaults
 from cluster.requests import (
     ContextEntry,
@@ -104,9 +105,9 @@ def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamRe
     return expect_handler
 
 
-# Outcome statuses by value: a dict lookup instead of an Enum call per request.
-_WRITE_STATUSES = {member.value: member for member in WriteStatus}
-_READ_STATUSES = {member.value: member for member in ReadStatus}
+# Outcome statuses by value, once per request (cluster/enums.py).
+_write_status = by_value(WriteStatus)
+_read_status = by_value(ReadStatus)
 
 
 class ClientApi:
@@ -167,7 +168,7 @@ class ClientApi:
         """The write's receipt headers once it succeeded, or an HttpError carrying them. Shared
         by the aiohttp route and the edge's fast path (node/http/edge.py)."""
         outcome: WriteOutcome = await self.coordinator.put(write)
-        status = _WRITE_STATUSES.get(outcome.status) or WriteStatus(outcome.status)
+        status = _write_status(outcome.status)
         context = write.context
         if outcome.version is not None:
             context = remember(context, scoped_key(write.keyspace, write.key), outcome.version)
@@ -199,7 +200,7 @@ class ClientApi:
         """The read's status, headers (receipt included) and body, or an HttpError carrying the
         receipt. Shared by the aiohttp route and the edge's fast path (node/http/edge.py)."""
         outcome: ReadOutcome = await self.coordinator.get(read)
-        status = _READ_STATUSES.get(outcome.status) or ReadStatus(outcome.status)
+        status = _read_status(outcome.status)
         context = read.context
         if read.level == Level.CAUSAL.value:
             # Writes-follow-reads: whoever saw these values has seen what their writers had seen.
