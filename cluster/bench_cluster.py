@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -395,6 +396,10 @@ def _environment(state: Run, etcd: bench_etcd.EtcdCluster) -> dict[str, object]:
         "etcd": bench_etcd.version(),
         "wrk": bench_wrk.version(),
         "python": platform.python_version(),
+        # The interpreter the nodes run (local.node_executable: titra-node of this virtualenv,
+        # or $TITRA_NODE_COMMAND), which need not be the one running this command.
+        "titra_node_command": shlex.join(local.node_executable()),
+        "titra_node_python": bench_report.interpreter_of(state.titra.pids[0]),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "loadavg_start": bench_report.loadavg(),

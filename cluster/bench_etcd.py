@@ -219,7 +219,8 @@ def _tail(path: Path) -> str:
 
 def version() -> str:
     try:
-        done = subprocess.run([ETCD, "--version"], capture_output=True, text=True, timeout=10, check=False)
+        timeout_s = BENCH_DEFAULTS.tool_version_timeout_s
+        done = subprocess.run([ETCD, "--version"], capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     first = done.stdout.splitlines()

@@ -3,12 +3,14 @@ a table. Pure but for `cpu_seconds`, `filesystem_of` and `loadavg`, which read /
 """
 
 import os
+import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from cluster.bench_wrk import WrkReport
 from cluster.frozen import frozen
+from cluster.limits import BENCH_DEFAULTS
 
 
 @frozen
@@ -140,6 +142,32 @@ def cpu_seconds(pids: Sequence[int]) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+# What the nodes' interpreter says of itself (run as the node's own executable, so a virtualenv's
+# python reports the build it links to).
+_VERSION_PROBE = "import platform; print(platform.python_implementation(), platform.python_version())"
+
+
+def interpreter_of(pid: int) -> str:
+    """The interpreter process `pid` runs (Linux): its executable, version, and whether libpython
+    is a shared library. The build matters: a CPython configured without --enable-optimizations
+    (and here --enable-shared) spent 11-15% more CPU per quorum write than Debian's python3.11,
+    the interpreter of the project's Docker image (docs/performance.md, "The interpreter")."""
+    try:
+        executable = os.readlink(f"/proc/{pid}/exe")
+        shared = "libpython" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return "unknown"
+    try:
+        timeout_s = BENCH_DEFAULTS.tool_version_timeout_s
+        probe = subprocess.run(
+            [executable, "-c", _VERSION_PROBE], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+        version = probe.stdout.strip() or "version unknown"
+    except (OSError, subprocess.SubprocessError):
+        version = "version unknown"
+    return f"{executable} ({version}, libpython {'shared' if shared else 'linked in'})"
+
+
 def filesystem_of(path: Path) -> str:
     """The type and mount point of the file system holding `path` (the deepest mount above it)."""
     target = os.path.realpath(path)
@@ -171,6 +199,7 @@ def render(points: Sequence[Point], env: dict[str, object]) -> str:
         f"{env['key_space']} keys, {env['duration_s_per_point']} s per point, {env['wrk']}",
         f"data: {env['data_dir']} [{env['filesystem']}]; {env['cpus']} CPUs, load average "
         f"{env['loadavg_start']} -> {env['loadavg_end']}; etcd leader {env['etcd_leader']}",
+        f"titra nodes: {env.get('titra_node_python', 'unknown')}",
         f"load: {env['load_spread']}",
         "",
         f"{'op':<5} {'level':<6} {'clients':>7} | {'titra rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "

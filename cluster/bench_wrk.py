@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.frozen import frozen
+from cluster.limits import BENCH_DEFAULTS
 
 WRK = "wrk"
 LOAD_SPREAD = (
@@ -225,7 +226,9 @@ def run_concurrently(targets: Sequence[Target], script: Path, duration_s: int, t
 def version() -> str:
     """wrk's version line (wrk -v prints it, then its usage, and exits 1)."""
     try:
-        done = subprocess.run([WRK, "-v"], capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            [WRK, "-v"], capture_output=True, text=True, timeout=BENCH_DEFAULTS.tool_version_timeout_s, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     first = (done.stdout or done.stderr).splitlines()

@@ -304,6 +304,8 @@ class BenchDefaults:
     # A leader stepping down may take a few election timeouts before it exits after SIGTERM.
     etcd_stop_timeout_ms: int = 10_000
     poll_interval_ms: int = 100
+    # `etcd --version`, `wrk -v` and the nodes' interpreter asked for its version, each.
+    tool_version_timeout_s: int = 10
 
 
 BENCH_DEFAULTS = BenchDefaults()

@@ -81,7 +81,7 @@ def plan(root: Path, nodes: int, base_port: int, defaults: ClientDefaults = CLIE
 def node_command(node: NodePlan, cluster: Sequence[NodePlan]) -> list[str]:
     peers = ",".join(f"{peer.node_id}={HOST}:{peer.peer_port}" for peer in cluster)
     return [
-        *_node_executable(),
+        *node_executable(),
         "serve",
         "--node-id",
         node.node_id,
@@ -96,7 +96,8 @@ def node_command(node: NodePlan, cluster: Sequence[NodePlan]) -> list[str]:
     ]
 
 
-def _node_executable() -> list[str]:
+def node_executable() -> list[str]:
+    """How a node is started: $TITRA_NODE_COMMAND, else `titra-node` beside this interpreter."""
     override = os.environ.get(NODE_COMMAND_ENV, "").strip()
     if override:
         return shlex.split(override)

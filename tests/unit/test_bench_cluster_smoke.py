@@ -5,7 +5,10 @@ Only shapes and signs are checked: a speed depends on the machine, so no test as
 """
 
 import json
+import os
+import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +81,23 @@ def test_bench_cluster_json_compares_both_systems(tmp_path: Path, capsys: pytest
     assert environment["etcd"].startswith("3.")
     assert environment["rounds"] == 2
     assert environment["data_dir"].startswith(str(tmp_path))
+    # The nodes' interpreter is named, as it changes the numbers (docs/performance.md).
+    assert "(CPython 3." in environment["titra_node_python"]
+    assert environment["titra_node_command"].endswith("titra-node")
     assert list(tmp_path.iterdir()) == [], "the bench must stop both clusters and remove their data"
+
+
+def test_the_interpreter_of_a_process_is_named_with_its_build() -> None:
+    described = bench_report.interpreter_of(os.getpid())
+
+    assert described.startswith(os.path.realpath(sys.executable) + " ")
+    assert f"(CPython {platform.python_version()}, libpython " in described
+    shared = "libpython" in Path(f"/proc/{os.getpid()}/maps").read_text()
+    assert described.endswith("libpython shared)" if shared else "libpython linked in)")
+
+
+def test_the_interpreter_of_a_process_that_is_gone_is_unknown() -> None:
+    assert bench_report.interpreter_of(2**22 + 1) == "unknown"  # above the largest pid_max Linux allows
 
 
 def test_wrk_report_is_read_with_units_and_errors() -> None:
