@@ -9,12 +9,15 @@ Rules:
 - 503 means "surely not written"; 504 means "outcome unknown" (Jepsen's indeterminate operation).
 """
 
+import http
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import msgpack
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +190,42 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 error_middleware = web.middleware(answer_errors)
+
+
+class JsonErrorsRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, answering what it refuses before any route runs (a
+    malformed or oversized head, bad body framing) with Titra's error body instead of its
+    text/plain page: `bad_request` naming what aiohttp found, on a closed connection.
+
+    aiohttp has no hook for its protocol class, so the client port's edge re-classes each
+    protocol it hands a connection to (node/http/edge.py); this subclass adds no state."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        code = "internal" if status >= 500 else _HTTP_EXCEPTION_CODES.get(status)
+        if code is None:
+            return super().handle_error(request, status, exc, message)
+        if code == "internal":
+            # aiohttp's own logs the exception, and refuses once an answer has started.
+            super().handle_error(request, status, exc, message)
+            error = internal_error()
+        else:
+            if request.writer.output_size > 0:
+                raise ConnectionError("an answer has started: no error answer can follow it")
+            error = HttpError(code, _one_line(message or http.HTTPStatus(status).phrase))
+            # A client's mistake, not the node's: one line, where aiohttp logs a traceback.
+            log.info("refused a request from %s: %s", request.remote, error.message)
+        status, headers, body = error_parts(error, request.headers.get("Accept"))
+        response = web.Response(status=status, body=body, headers=headers)
+        response.force_close()
+        return response
+
+
+def _one_line(message: str) -> str:
+    """aiohttp's parser messages quote the line at fault and point at it with a caret line
+    below; as one line: `Invalid character in Content-Length: b'Content-Length: abc'`."""
+    parts = [line.strip() for line in message.splitlines()]
+    return " ".join(part for part in parts if part and set(part) != {"^"})

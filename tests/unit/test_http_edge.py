@@ -6,6 +6,7 @@ what only a raw socket shows: pipelining, hand-off in the middle of a connection
 """
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -164,6 +165,33 @@ async def test_a_refused_write_is_answered_by_aiohttp_exactly(edge: tuple[EdgeTe
     writer.write(b"PUT /v1/kv/default/k?w=9&consistency=bogus HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nv")
     status, headers, body = await read_response(reader)
     assert status == 400 and b"invalid_consistency" in body and headers["titra-coordinator"] == "n1"
+    assert not fake.writes and counters(server).handed_off == 1
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "named"),
+    [
+        (b"PUT /v1/kv/default/k HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n", "Content-Length: abc"),
+        (b"GARBAGE / HTTP/1.1\r\nHost: t\r\n\r\n", "Invalid method"),
+        (b"GET /v1/kv/default/k HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", "Duplicate 'Host' header"),
+        (
+            b"PUT /v1/kv/default/k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\nv",
+            "Content-Length can't be present with Transfer-Encoding",
+        ),
+    ],
+)
+async def test_what_aiohttp_cannot_parse_gets_a_json_error_naming_the_problem(
+    edge: tuple[EdgeTestServer, FakeCoordinator], sent: bytes, named: str
+) -> None:
+    server, fake = edge
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(sent)
+    status, headers, body = await read_response(reader)
+    assert status == 400 and headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and named in error["message"] and "\n" not in error["message"]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the connection cannot be trusted: closed
     assert not fake.writes and counters(server).handed_off == 1
     writer.close()
 
