@@ -16,7 +16,7 @@ How (rules):
   handed, with every byte of it and after it, to aiohttp's own protocol on the same connection,
   which then keeps the connection: aiohttp's parser and limits answer it exactly as they answer
   a connection that never met the fast path, in Titra's error body (a JSON `bad_request` naming
-  what aiohttp found: errors.JsonErrorsRequestHandler). So the fast path never has to produce
+  what aiohttp found: errors.json_errors_protocol). So the fast path never has to produce
   an error of its own about HTTP syntax, and nothing it accepts differs from aiohttp.
 - The request itself is the aiohttp route's own code: the same parsers (`parse.parse_write`,
   `parse.parse_read`), the same coordination and receipt (`ClientApi.coordinate_write`,
@@ -47,7 +47,7 @@ from cluster.limits import RequestDefaults
 from cluster.requests import ReadRequest, WriteRequest
 from node.http import parse
 from node.http.app import API_KEY, METRICS_KEY, ClientApi
-from node.http.errors import HttpError, JsonErrorsRequestHandler, error_parts, internal_error
+from node.http.errors import HttpError, error_parts, internal_error, json_errors_protocol
 from node.http.metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
@@ -444,8 +444,7 @@ class _Connection(asyncio.Protocol):
         self.edge.connections.discard(self)
         self.edge.handed_off += 1
         self.transport = None
-        protocol = self.edge.aiohttp_server()
-        protocol.__class__ = JsonErrorsRequestHandler  # our error bodies (errors.py says why)
+        protocol = json_errors_protocol(self.edge.aiohttp_server)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if self.reading_paused:

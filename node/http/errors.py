@@ -197,8 +197,8 @@ class JsonErrorsRequestHandler(RequestHandler):
     malformed or oversized head, bad body framing) with Titra's error body instead of its
     text/plain page: `bad_request` naming what aiohttp found, on a closed connection.
 
-    aiohttp has no hook for its protocol class, so the client port's edge re-classes each
-    protocol it hands a connection to (node/http/edge.py); this subclass adds no state."""
+    aiohttp has no hook for its protocol class, so `json_errors_protocol` re-classes the one
+    aiohttp's server makes; this subclass adds no state."""
 
     __slots__ = ()
 
@@ -222,6 +222,14 @@ class JsonErrorsRequestHandler(RequestHandler):
         response = web.Response(status=status, body=body, headers=headers)
         response.force_close()
         return response
+
+
+def json_errors_protocol(server: web.Server) -> RequestHandler:
+    """A new connection protocol of aiohttp's `server` that answers what its parser refuses
+    with Titra's error body (the client port's edge hands connections to these)."""
+    protocol = server()
+    protocol.__class__ = JsonErrorsRequestHandler
+    return protocol
 
 
 def _one_line(message: str) -> str:

@@ -10,21 +10,23 @@ from yarl import URL
 
 from node.http.app import API_KEY
 from node.http.edge import ClientEdge, aiohttp_limits
+from node.http.errors import json_errors_protocol
 
 
 class LimitedTestServer(TestServer):
     """aiohttp alone, with the node's head limits and idle timeout (node/server.py gives them to
-    its AppRunner; TestServer's own keywords never reach the runner)."""
+    its AppRunner; TestServer's own keywords never reach the runner), and with aiohttp's protocol
+    as the edge hands connections to it (errors.json_errors_protocol)."""
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(app)
+        self._listener: asyncio.Server | None = None
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
         return await super()._make_runner(**{**aiohttp_limits(self.app[API_KEY].limits), **kwargs})
 
-
-class EdgeTestServer(LimitedTestServer):
-    def __init__(self, app: web.Application) -> None:
-        super().__init__(app)
-        self.edge: ClientEdge | None = None
-        self._listener: asyncio.Server | None = None
+    def protocol_factory(self, server: web.Server) -> Any:
+        return lambda: json_errors_protocol(server)
 
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
         if self.runner:
@@ -32,11 +34,27 @@ class EdgeTestServer(LimitedTestServer):
         self.runner = await self._make_runner(**kwargs)
         await self.runner.setup()
         assert self.runner.server is not None
-        self.edge = ClientEdge(self.app, self.runner.server)
-        self._listener = await asyncio.get_running_loop().create_server(self.edge, self.host, 0)
+        factory = self.protocol_factory(self.runner.server)
+        self._listener = await asyncio.get_running_loop().create_server(factory, self.host, 0)
         self.port = self._listener.sockets[0].getsockname()[1]
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await super().close()
+
+
+class EdgeTestServer(LimitedTestServer):
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(app)
+        self.edge: ClientEdge | None = None
+
+    def protocol_factory(self, server: web.Server) -> Any:
+        self.edge = ClientEdge(self.app, server)
+        return self.edge
 
     async def close(self) -> None:
         if self._listener is not None:

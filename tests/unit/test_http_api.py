@@ -785,7 +785,9 @@ async def test_both_front_doors_take_and_refuse_the_same_header_sizes(api: Api) 
     assert padded.status == 204
     too_long = await api.call("PUT", K, b"v", {"X-Pad": "a" * (REQUEST_DEFAULTS.request_header_bytes_max + 1)})
     assert too_long.status == 400
-    # A head the HTTP parser refuses is answered by aiohttp's parser itself, in plain text, before
-    # any route (outside the OpenAPI document), on both doors alike.
-    assert api.records.pop().headers["Content-Type"].startswith("text/plain")
+    # A head the HTTP parser refuses is answered before any route, with the JSON error body
+    # (errors.json_errors_protocol), on both doors alike.
+    refused = api.records.pop()
+    assert refused.headers["Content-Type"] == "application/json"
+    assert json.loads(refused.body)["error"]["code"] == "bad_request"
     assert len(api.fake.writes) == 1
