@@ -151,7 +151,7 @@ def interpreter_of(pid: int) -> str:
     """The interpreter process `pid` runs (Linux): its executable, version, and whether libpython
     is a shared library. The build matters: a CPython configured without --enable-optimizations
     (and here --enable-shared) spent 11-15% more CPU per quorum write than Debian's python3.11,
-    the interpreter of the project's Docker image (docs/performance.md, "The interpreter")."""
+    the interpreter of the Docker image built offline (docs/performance.md, "The interpreter")."""
     try:
         executable = os.readlink(f"/proc/{pid}/exe")
         shared = "libpython" in Path(f"/proc/{pid}/maps").read_text()
