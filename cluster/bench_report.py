@@ -1,5 +1,6 @@
 """The results of `titra bench cluster`: one data point per (op, level, clients), as JSON and as
-a table. Pure but for `cpu_seconds`, `filesystem_of` and `loadavg`, which read /proc.
+a table. Pure but for `cpu_seconds`, `filesystem_of`, `loadavg` and `interpreter_of`, which read
+/proc (and the last runs the interpreter it found to ask its version).
 """
 
 import os

@@ -154,7 +154,7 @@ def internal_error() -> HttpError:
     return HttpError("internal", "internal error; the node logged it")
 
 
-def error_response(request: web.Request, error: HttpError) -> web.Response:
+def error_response(request: BaseRequest, error: HttpError) -> web.Response:
     status, headers, body = error_parts(error, request.headers.get("Accept"))
     response = web.Response(status=status, body=body, headers=headers)
     if error.status == 413:
@@ -218,9 +218,8 @@ class JsonErrorsRequestHandler(RequestHandler):
             error = HttpError(code, _one_line(message or http.HTTPStatus(status).phrase))
             # A client's mistake, not the node's: one line, where aiohttp logs a traceback.
             log.info("refused a request from %s: %s", request.remote, error.message)
-        status, headers, body = error_parts(error, request.headers.get("Accept"))
-        response = web.Response(status=status, body=body, headers=headers)
-        response.force_close()
+        response = error_response(request, error)
+        response.force_close()  # the parser lost its place in the stream: nothing after is trusted
         return response
 
 

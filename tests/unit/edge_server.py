@@ -40,10 +40,13 @@ class LimitedTestServer(TestServer):
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
 
-    async def close(self) -> None:
+    def stop_listening(self) -> None:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+
+    async def close(self) -> None:
+        self.stop_listening()
         await super().close()
 
 
@@ -57,9 +60,7 @@ class EdgeTestServer(LimitedTestServer):
         return self.edge
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self.stop_listening()  # no new connection while the edge lets the answers in flight finish
         if self.edge is not None:
             await self.edge.close(1.0)
         await super().close()
